@@ -132,7 +132,8 @@ class Histogram(_Metric):
             running = 0.0
             for bound, count in zip((*self.buckets, math.inf), row):
                 running += count
-                lines.append(f"{self.name}_bucket{self._labelstr(key, f'le=\"{_fmt(bound)}\"')} {_fmt(running)}")
+                le = 'le="' + _fmt(bound) + '"'  # no backslash inside an f-string: Python 3.11
+                lines.append(f"{self.name}_bucket{self._labelstr(key, le)} {_fmt(running)}")
             lines.append(f"{self.name}_sum{self._labelstr(key)} {_fmt(row[-2])}")
             lines.append(f"{self.name}_count{self._labelstr(key)} {_fmt(row[-1])}")
         return lines
