@@ -1,0 +1,176 @@
+"""The media path between the agent and Asterisk, behind one small interface.
+
+Two implementations exist: externalMedia over RTP/UDP (``rtp.py``: the agent owns the
+20 ms playout clock) and chan_websocket (``wsmedia.py``: Asterisk owns it). The call
+logic only sees :class:`MediaPath`: queue the assistant's audio, drop it on barge-in,
+learn how much of each reply the caller actually heard, and receive the caller's audio.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from centralita.aicall import g711
+
+AudioHandler = Callable[[bytes], None]
+StartHandler = Callable[[str, float], None]
+
+
+@dataclass
+class Played:
+    """What the caller heard of one reply when playout stopped."""
+
+    item_id: str | None
+    played_ms: int
+    dropped_ms: int
+
+
+@dataclass
+class _Chunk:
+    item_id: str
+    data: bytearray
+    offset: int = 0
+
+
+@dataclass
+class Playout:
+    """Queued assistant audio, cut into frames, with per-reply played counters.
+
+    The counters are the truth for ``conversation.item.truncate``: a reply is counted
+    as heard only when its frame left for Asterisk at the playout clock.
+    """
+
+    law: str
+    frame_bytes: int = g711.FRAME_BYTES
+    chunks: collections.deque[_Chunk] = field(default_factory=collections.deque)
+    played_bytes: dict[str, int] = field(default_factory=dict)
+    queued_bytes: int = 0
+    current: str | None = None
+
+    def add(self, data: bytes, item_id: str) -> None:
+        if not data:
+            return
+        if self.chunks and self.chunks[-1].item_id == item_id:
+            self.chunks[-1].data.extend(data)
+        else:
+            self.chunks.append(_Chunk(item_id, bytearray(data)))
+        self.queued_bytes += len(data)
+
+    def take(self, size: int | None = None) -> tuple[bytes, str] | None:
+        """Up to ``size`` bytes (a frame by default) of one reply; a short tail is padded with silence."""
+        size = size or self.frame_bytes
+        while self.chunks:
+            chunk = self.chunks[0]
+            left = len(chunk.data) - chunk.offset
+            if left <= 0:
+                self.chunks.popleft()
+                continue
+            part = bytes(chunk.data[chunk.offset : chunk.offset + size])
+            chunk.offset += len(part)
+            self.queued_bytes -= len(part)
+            if chunk.offset >= len(chunk.data):
+                self.chunks.popleft()
+            self.current = chunk.item_id
+            self.played_bytes[chunk.item_id] = self.played_bytes.get(chunk.item_id, 0) + len(part)
+            if len(part) < size and size == self.frame_bytes:
+                part += g711.silence(self.law)[: size - len(part)]
+            return part, chunk.item_id
+        return None
+
+    def clear(self) -> Played:
+        dropped = self.queued_bytes
+        item = self.chunks[0].item_id if self.chunks else self.current
+        self.chunks.clear()
+        self.queued_bytes = 0
+        return Played(item, g711.duration_ms(self.played_bytes.get(item, 0)) if item else 0, g711.duration_ms(dropped))
+
+    def played_ms(self, item_id: str) -> int:
+        return g711.duration_ms(self.played_bytes.get(item_id, 0))
+
+    @property
+    def queued_ms(self) -> int:
+        return g711.duration_ms(self.queued_bytes)
+
+
+@dataclass
+class PacingStats:
+    """Gaps between consecutive frames sent toward the caller, for metrics and tests."""
+
+    frames: int = 0
+    audio_frames: int = 0
+    last_sent: float | None = None
+    max_gap_ms: float = 0.0
+    gaps_ms: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=3000))
+
+    def sent(self, audio: bool, now: float | None = None) -> None:
+        now = time.perf_counter() if now is None else now
+        if self.last_sent is not None:
+            gap = (now - self.last_sent) * 1000
+            self.gaps_ms.append(gap)
+            self.max_gap_ms = max(self.max_gap_ms, gap)
+        self.last_sent = now
+        self.frames += 1
+        self.audio_frames += int(audio)
+
+
+class MediaPath(abc.ABC):
+    """One call's media leg to Asterisk."""
+
+    kind: str = ""
+
+    def __init__(self, law: str) -> None:
+        self.law = g711.check_law(law)
+        self.playout = Playout(law)
+        self.stats = PacingStats()
+        self._on_audio: AudioHandler | None = None
+        self._on_start: StartHandler | None = None
+        self._started_items: set[str] = set()
+
+    def on_audio(self, handler: AudioHandler) -> None:
+        """Register where the caller's audio goes (G.711 bytes, any length)."""
+        self._on_audio = handler
+
+    def on_item_start(self, handler: StartHandler) -> None:
+        """Register a callback told when a reply's first frame leaves for the caller."""
+        self._on_start = handler
+
+    def _deliver(self, data: bytes) -> None:
+        if self._on_audio is not None:
+            self._on_audio(data)
+
+    def _mark_start(self, item_id: str) -> None:
+        if item_id not in self._started_items:
+            self._started_items.add(item_id)
+            if self._on_start is not None:
+                self._on_start(item_id, time.monotonic())
+
+    def play(self, data: bytes, item_id: str) -> None:
+        """Queue assistant audio for the caller; never blocks."""
+        self.playout.add(data, item_id)
+        self._after_queue()
+
+    def _after_queue(self) -> None:  # noqa: B027 - optional hook, RTP needs none
+        """Hook for paths that push audio out as soon as it is queued."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open sockets; the caller's audio starts flowing to the handler."""
+
+    @abc.abstractmethod
+    def flush(self) -> Played:
+        """Drop every queued frame at once (barge-in) and say how much of the reply was heard."""
+
+    def played_ms(self, item_id: str) -> int:
+        return self.playout.played_ms(item_id)
+
+    @property
+    def queued_ms(self) -> int:
+        return self.playout.queued_ms
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release sockets and tasks; safe to call twice."""

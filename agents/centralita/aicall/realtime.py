@@ -1,0 +1,294 @@
+"""OpenAI Realtime (GA protocol) as a :class:`ModelSession`.
+
+One websocket per call. Audio goes in as ``input_audio_buffer.append`` with G.711 in
+base64 and comes back as ``response.output_audio.delta``; the server's VAD decides
+turns. Sends go through one writer task so a slow socket never blocks the audio path,
+and protocol pings are answered by the websockets library as long as the event loop
+runs, which is why nothing in the agent may block it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from centralita.aicall.provider import (
+    AudioOut,
+    Disconnected,
+    FunctionCall,
+    HistoryLine,
+    ModelError,
+    ModelEvent,
+    ModelSession,
+    ModelUnavailable,
+    ResponseDone,
+    ResponseStarted,
+    SessionConfig,
+    SpeechStarted,
+    SpeechStopped,
+    Transcript,
+)
+
+log = logging.getLogger("centralita.aicall.realtime")
+
+AUDIO_FORMATS = {"ulaw": "audio/pcmu", "alaw": "audio/pcma"}
+PROGRESS_TAG = {"centralita": "progress"}
+# Errors that describe a race the client cannot avoid (the reply ended on its own
+# just before our cancel or truncate arrived); they change nothing for the call.
+HARMLESS_ERRORS = frozenset({"response_cancel_not_active"})
+
+
+def session_update(config: SessionConfig) -> dict[str, Any]:
+    """The GA ``session.update`` for a phone call in G.711."""
+    audio_format = {"type": AUDIO_FORMATS[config.law]}
+    if config.vad_type == "semantic_vad":
+        turn: dict[str, Any] = {
+            "type": "semantic_vad",
+            "eagerness": config.vad_eagerness,
+            "create_response": True,
+            "interrupt_response": True,
+        }
+    else:
+        turn = {
+            "type": "server_vad",
+            "threshold": config.vad_threshold,
+            "prefix_padding_ms": config.vad_prefix_padding_ms,
+            "silence_duration_ms": config.vad_silence_duration_ms,
+            "create_response": True,
+            "interrupt_response": True,
+        }
+        if config.vad_idle_timeout_ms:
+            turn["idle_timeout_ms"] = config.vad_idle_timeout_ms
+    audio_input: dict[str, Any] = {"format": audio_format, "turn_detection": turn}
+    if config.noise_reduction:
+        audio_input["noise_reduction"] = {"type": config.noise_reduction}
+    if config.transcription_model:
+        audio_input["transcription"] = {"model": config.transcription_model}
+    session: dict[str, Any] = {
+        "type": "realtime",
+        "output_modalities": ["audio"],
+        "instructions": config.instructions,
+        "audio": {"input": audio_input, "output": {"format": audio_format, "voice": config.voice}},
+        "tools": [
+            {"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters}
+            for t in config.tools
+        ],
+        "tool_choice": "auto",
+    }
+    if config.max_output_tokens:
+        session["max_output_tokens"] = config.max_output_tokens
+    return {"type": "session.update", "session": session}
+
+
+def history_items(history: list[HistoryLine]) -> list[dict[str, Any]]:
+    """``conversation.item.create`` events that rebuild a conversation as text."""
+    events = []
+    for line in history:
+        if line.role == "caller":
+            content = [{"type": "input_text", "text": line.text}]
+            item = {"type": "message", "role": "user", "content": content}
+        else:
+            item = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": line.text}]}
+        events.append({"type": "conversation.item.create", "item": item})
+    return events
+
+
+class RealtimeSession(ModelSession):
+    def __init__(
+        self,
+        *,
+        url: str,
+        model: str,
+        api_key: str,
+        config: SessionConfig,
+        connect_timeout: float = 5.0,
+        ping_interval: float = 10.0,
+        ping_timeout: float = 10.0,
+        name: str = "",
+    ) -> None:
+        self.url = url
+        self.model = model
+        self.api_key = api_key
+        self.config = config
+        self.connect_timeout = connect_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.name = name
+        self._ws: ClientConnection | None = None
+        self._outbox: asyncio.Queue[str] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._progress: set[str] = set()
+        self._function_calls: dict[str, list[str]] = {}
+        self.sent_audio_bytes = 0
+
+    def _endpoint(self) -> str:
+        parts = urlsplit(self.url)
+        query = parts.query + ("&" if parts.query else "") + urlencode({"model": self.model})
+        return parts._replace(query=query).geturl()
+
+    async def connect(self, history: list[HistoryLine] | None = None) -> None:
+        await self.close()
+        try:
+            self._ws = await connect(
+                self._endpoint(),
+                additional_headers={"Authorization": f"Bearer {self.api_key}"},
+                open_timeout=self.connect_timeout,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout,
+                close_timeout=2,
+                max_size=16 * 2**20,
+            )
+        except InvalidStatus as exc:
+            raise ModelUnavailable(f"realtime handshake refused: HTTP {exc.response.status_code}") from exc
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            raise ModelUnavailable(f"realtime connect to {urlsplit(self.url).netloc} failed: {exc}") from exc
+        self._outbox = asyncio.Queue()
+        self._writer = asyncio.get_running_loop().create_task(
+            self._write(self._ws), name=f"realtime-writer-{self.name}"
+        )
+        self._send(session_update(self.config))
+        for event in history_items(history or []):
+            self._send(event)
+
+    def _send(self, event: dict[str, Any]) -> None:
+        self._outbox.put_nowait(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
+
+    async def _write(self, ws: ClientConnection) -> None:
+        try:
+            while True:
+                await ws.send(await self._outbox.get())
+        except ConnectionClosed:
+            return  # the reader reports the close
+
+    def send_audio(self, audio: bytes) -> None:
+        if self._ws is None:
+            return
+        self.sent_audio_bytes += len(audio)
+        self._outbox.put_nowait(
+            '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(audio).decode("ascii") + '"}'
+        )
+
+    async def respond(self, instructions: str | None = None) -> None:
+        event: dict[str, Any] = {"type": "response.create"}
+        if instructions:
+            event["response"] = {"instructions": instructions}
+        self._send(event)
+
+    async def say_progress(self, instructions: str) -> None:
+        self._send(
+            {
+                "type": "response.create",
+                "response": {
+                    "conversation": "none",
+                    "instructions": instructions,
+                    "output_modalities": ["audio"],
+                    "metadata": PROGRESS_TAG,
+                    "tool_choice": "none",
+                },
+            }
+        )
+
+    async def tool_result(self, call_id: str, output: str) -> None:
+        self._send(
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "function_call_output", "call_id": call_id, "output": output},
+            }
+        )
+
+    async def truncate(self, item_id: str, audio_end_ms: int) -> None:
+        self._send(
+            {"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": audio_end_ms}
+        )
+
+    async def cancel(self) -> None:
+        self._send({"type": "response.cancel"})
+
+    async def events(self) -> AsyncIterator[ModelEvent]:
+        ws = self._ws
+        if ws is None:
+            yield Disconnected("not connected")
+            return
+        reason = "closed"
+        try:
+            async for message in ws:
+                if isinstance(message, bytes):
+                    continue
+                try:
+                    event = json.loads(message)
+                except ValueError:
+                    log.warning("realtime %s: a frame that is not JSON: %.80r", self.name, message)
+                    continue
+                parsed = self._parse(event)
+                if parsed is not None:
+                    yield parsed
+            reason = f"closed by server ({ws.close_code} {ws.close_reason})"
+        except ConnectionClosed as exc:
+            reason = f"connection lost ({exc})"
+        yield Disconnected(reason)
+
+    def _parse(self, event: dict[str, Any]) -> ModelEvent | None:
+        kind = event.get("type")
+        if kind == "response.output_audio.delta":
+            return AudioOut(event["item_id"], event["response_id"], base64.b64decode(event["delta"]))
+        if kind == "input_audio_buffer.speech_started":
+            return SpeechStarted(event["item_id"], event.get("audio_start_ms", 0))
+        if kind == "input_audio_buffer.speech_stopped":
+            return SpeechStopped(event["item_id"], event.get("audio_end_ms", 0))
+        if kind == "conversation.item.input_audio_transcription.completed":
+            return Transcript("caller", event.get("transcript", ""), event["item_id"])
+        if kind == "response.output_audio_transcript.done":
+            return Transcript("assistant", event.get("transcript", ""), event["item_id"], event.get("response_id"))
+        if kind == "response.created":
+            response = event.get("response") or {}
+            progress = (response.get("metadata") or {}).get("centralita") == "progress"
+            if progress:
+                self._progress.add(response.get("id", ""))
+            return ResponseStarted(response.get("id", ""), progress)
+        if kind == "response.function_call_arguments.done":
+            self._function_calls.setdefault(event["response_id"], []).append(event["call_id"])
+            return FunctionCall(event["call_id"], event["name"], event.get("arguments", ""), event["response_id"])
+        if kind == "response.done":
+            return self._response_done(event.get("response") or {})
+        if kind == "error":
+            error = event.get("error") or {}
+            return ModelError(str(error.get("code") or error.get("type") or "error"), str(error.get("message", "")))
+        return None
+
+    def _response_done(self, response: dict[str, Any]) -> ResponseDone:
+        response_id = response.get("id", "")
+        details = response.get("status_details") or {}
+        calls = [
+            item.get("call_id", "") for item in response.get("output") or [] if item.get("type") == "function_call"
+        ]
+        calls += [c for c in self._function_calls.pop(response_id, []) if c not in calls]
+        progress = response_id in self._progress
+        self._progress.discard(response_id)
+        return ResponseDone(
+            response_id,
+            response.get("status", ""),
+            details.get("reason"),
+            response.get("usage") or {},
+            progress,
+            tuple(calls),
+        )
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._ws.close(), timeout=3)
+            self._ws = None

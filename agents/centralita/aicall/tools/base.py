@@ -1,0 +1,133 @@
+"""Tools the model may call: a JSON-schema function, a timeout and an async handler.
+
+A tool runs as its own task beside the call's audio loop; its result (or its error,
+or the fact that it timed out) always goes back to the model as a JSON string so the
+assistant can say something true to the caller instead of falling silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from centralita.aicall.provider import ToolSpec
+
+log = logging.getLogger("centralita.aicall.tools")
+
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class ToolError(Exception):
+    """A tool failed in a way the assistant can explain (not found, router down...)."""
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    handler: Handler
+    timeout: float = 10.0
+
+    @property
+    def spec(self) -> ToolSpec:
+        return ToolSpec(self.name, self.description, self.parameters)
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    name: str
+    arguments: dict[str, Any] | str
+    result: dict[str, Any]
+    outcome: str  # ok | error | timeout
+    started: float  # wall clock
+    duration: float
+
+    @property
+    def output(self) -> str:
+        return json.dumps(self.result, ensure_ascii=False, separators=(",", ":"))
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+}
+
+
+def check_arguments(schema: dict[str, Any], arguments: Any) -> str | None:
+    """The subset of JSON Schema our tools use: an object, required keys, property types, enums."""
+    if not isinstance(arguments, dict):
+        return "arguments must be a JSON object"
+    properties = schema.get("properties", {})
+    for key in schema.get("required", []):
+        if key not in arguments:
+            return f"missing required argument {key!r}"
+    for key, value in arguments.items():
+        prop = properties.get(key)
+        if prop is None:
+            if schema.get("additionalProperties") is False:
+                return f"unknown argument {key!r}"
+            continue
+        kinds = _JSON_TYPES.get(prop.get("type", ""), (object,))
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            return f"argument {key!r} must be a {prop.get('type')}"
+        if "enum" in prop and value not in prop["enum"]:
+            return f"argument {key!r} must be one of {prop['enum']}"
+    return None
+
+
+class ToolBox:
+    def __init__(self, tools: list[Tool] | None = None) -> None:
+        self._tools: dict[str, Tool] = {}
+        for tool in tools or []:
+            self.add(tool)
+
+    def add(self, tool: Tool) -> None:
+        if tool.name in self._tools:
+            raise ValueError(f"tool {tool.name} defined twice")
+        self._tools[tool.name] = tool
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tools
+
+    @property
+    def specs(self) -> tuple[ToolSpec, ...]:
+        return tuple(t.spec for t in self._tools.values())
+
+    async def run(self, name: str, arguments: str) -> ToolOutcome:
+        """Run one call to completion; never raises (except cancellation)."""
+        started_wall, started = time.time(), time.monotonic()
+
+        def done(result: dict[str, Any], outcome: str, args: dict[str, Any] | str) -> ToolOutcome:
+            return ToolOutcome(name, args, result, outcome, started_wall, time.monotonic() - started)
+
+        tool = self._tools.get(name)
+        if tool is None:
+            return done({"error": f"unknown tool {name}"}, "error", arguments)
+        try:
+            args = json.loads(arguments or "{}")
+        except ValueError:
+            return done({"error": "arguments are not valid JSON"}, "error", arguments)
+        problem = check_arguments(tool.parameters, args)
+        if problem:
+            return done({"error": problem}, "error", args)
+        try:
+            result = await asyncio.wait_for(tool.handler(args), tool.timeout)
+        except TimeoutError:
+            log.warning("tool %s timed out after %.1f s", name, tool.timeout)
+            return done({"error": f"the lookup took longer than {tool.timeout:g} s and was stopped"}, "timeout", args)
+        except ToolError as exc:
+            return done({"error": str(exc)}, "error", args)
+        except Exception as exc:  # a bug or an unexpected backend answer must not end the call
+            log.exception("tool %s failed", name)
+            return done({"error": f"internal error: {type(exc).__name__}"}, "error", args)
+        return done(result, "ok", args)

@@ -1,0 +1,723 @@
+"""A stand-in for OpenAI's Realtime API (GA protocol) for tests and the offline demo.
+
+It speaks the wire protocol the agent uses in production: the same URL shape, bearer
+auth, event names and payloads (checked against the ``openai`` package's typed models
+when that package is installed), server-side voice detection over the G.711 audio it
+receives, scripted replies spoken as audio, function calls, ``response.done`` with
+usage, truncation, cancellation, errors and protocol pings. The model's intelligence
+is replaced by a script; the protocol is not simplified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import http
+import itertools
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from centralita.aicall import g711
+
+log = logging.getLogger("centralita.fakes.realtime")
+
+FORMAT_LAWS = {"audio/pcmu": "ulaw", "audio/pcma": "alaw"}
+SPEECH_RMS = 600.0  # linear level above which a 20 ms frame counts as speech
+AUDIO_CHUNK_MS = 100  # the real service sends replies in chunks, faster than real time
+
+
+@dataclass
+class Turn:
+    """What the scripted model does after the caller's n-th utterance."""
+
+    transcript: str
+    reply: str = ""
+    reply_ms: int = 1200
+    tool: str | None = None
+    arguments: dict[str, Any] = field(default_factory=dict)
+    after_tool: str = ""
+    after_tool_ms: int = 1200
+
+
+@dataclass
+class Script:
+    greeting: str = "Hola, soy el asistente virtual. ¿En qué le puedo ayudar?"
+    greeting_ms: int = 1500
+    turns: list[Turn] = field(default_factory=list)
+    fallback: str = "¿Me lo puede repetir, por favor?"
+    fallback_ms: int = 1000
+    progress_ms: int = 800  # length of an out-of-band "one moment" phrase
+    drop_after_turns: int | None = None  # close the socket abruptly once, after this many turns
+    send_rate: float = 4.0  # reply audio is sent this many times faster than real time
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Script:
+        turns = [Turn(**t) for t in data.pop("turns", [])]
+        return cls(turns=turns, **data)
+
+
+def _openai_validator() -> Callable[[dict[str, Any]], str | None] | None:
+    """Check a client event against the ``openai`` package's models (when installed)."""
+    try:
+        from openai.types.realtime.realtime_client_event import RealtimeClientEvent
+        from pydantic import BaseModel, TypeAdapter, ValidationError
+    except ImportError:
+        return None
+    adapter = TypeAdapter(RealtimeClientEvent)
+
+    def extras(model: Any, path: str) -> list[str]:
+        found = []
+        if isinstance(model, BaseModel):
+            found += [f"{path}.{k}" for k in (model.model_extra or {})]
+            for name in type(model).model_fields:
+                found += extras(getattr(model, name), f"{path}.{name}")
+        elif isinstance(model, list):
+            for i, value in enumerate(model):
+                found += extras(value, f"{path}[{i}]")
+        return found
+
+    def validate(event: dict[str, Any]) -> str | None:
+        try:
+            model = adapter.validate_python(event)
+        except ValidationError as exc:
+            return str(exc).replace("\n", " ")[:500]
+        unknown = [p for p in extras(model, "event") if not p.endswith(".parameters")]
+        return f"unknown fields: {', '.join(unknown)}" if unknown else None
+
+    return validate
+
+
+@dataclass
+class _Item:
+    id: str
+    role: str
+    kind: str = "message"
+    audio_ms: int = 0
+    transcript: str = ""
+    call_id: str | None = None
+
+
+@dataclass
+class ConnectionLog:
+    """Everything one connection saw, for tests to assert on."""
+
+    path: str
+    headers: dict[str, str]
+    received: list[dict[str, Any]] = field(default_factory=list)
+    sent_types: list[str] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    pongs_ms: list[float] = field(default_factory=list)
+    missed_pongs: int = 0
+    audio_in_ms: int = 0
+    truncations: list[tuple[str, int]] = field(default_factory=list)
+    function_outputs: list[tuple[str, str]] = field(default_factory=list)
+    close_code: int | None = None
+    session: dict[str, Any] = field(default_factory=dict)
+
+    def received_types(self) -> list[str]:
+        return [e.get("type", "") for e in self.received]
+
+
+class FakeRealtime:
+    """The stand-in server. ``async with FakeRealtime(script) as fake:`` serves on ``fake.url``."""
+
+    def __init__(
+        self,
+        script: Script | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str | None = None,
+        ping_interval: float = 5.0,
+        ping_timeout: float = 10.0,
+        validate: bool = True,
+        require_validation: bool = False,
+    ) -> None:
+        self.script = script or Script()
+        self.host = host
+        self.port = port
+        self.api_key = api_key
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.validator = _openai_validator() if validate else None
+        if require_validation and self.validator is None:
+            raise RuntimeError("the openai package is needed to validate client events")
+        self.connections: list[ConnectionLog] = []
+        self._server: Server | None = None
+        self._ids = itertools.count(1)
+        self._dropped = False
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}/v1/realtime"
+
+    async def __aenter__(self) -> FakeRealtime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self.port,
+            process_request=self._check_request,
+            ping_interval=None,  # our own ping loop records every round trip
+            max_size=16 * 2**20,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    def new_id(self, prefix: str) -> str:
+        return f"{prefix}_{next(self._ids):06d}"
+
+    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        parts = urlsplit(request.path)
+        if parts.path != "/v1/realtime":
+            return connection.respond(http.HTTPStatus.NOT_FOUND, "unknown path\n")
+        if not parse_qs(parts.query).get("model"):
+            return self._json_error(400, "invalid_request_error", "missing_model", "model is required")
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return self._json_error(401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided.")
+        return None
+
+    @staticmethod
+    def _json_error(status: int, kind: str, code: str, message: str) -> Response:
+        body = json.dumps({"error": {"message": message, "type": kind, "code": code, "param": None}}).encode()
+        headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return Response(status, http.HTTPStatus(status).phrase, headers, body)
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        request = ws.request
+        record = ConnectionLog(request.path if request else "", dict(request.headers.raw_items()) if request else {})
+        self.connections.append(record)
+        conn = _Connection(self, ws, record)
+        await conn.run()
+
+
+class _Connection:
+    def __init__(self, server: FakeRealtime, ws: ServerConnection, record: ConnectionLog) -> None:
+        self.server = server
+        self.ws = ws
+        self.log = record
+        self.script = server.script
+        self.session: dict[str, Any] = {
+            "type": "realtime",
+            "object": "realtime.session",
+            "id": server.new_id("sess"),
+            "model": parse_qs(urlsplit(record.path).query).get("model", [""])[0],
+            "output_modalities": ["audio"],
+            "instructions": "",
+            "tools": [],
+            "tool_choice": "auto",
+            "max_output_tokens": "inf",
+            "audio": {
+                "input": {
+                    "format": {"type": "audio/pcm", "rate": 24000},
+                    "transcription": None,
+                    "noise_reduction": None,
+                    "turn_detection": {
+                        "type": "server_vad",
+                        "threshold": 0.5,
+                        "prefix_padding_ms": 300,
+                        "silence_duration_ms": 200,
+                        "create_response": True,
+                        "interrupt_response": True,
+                        "idle_timeout_ms": None,
+                    },
+                },
+                "output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": "marin", "speed": 1.0},
+            },
+        }
+        self.items: dict[str, _Item] = {}
+        self.turn_index = 0
+        self.greeted = False
+        self.buffer_ms = 0
+        self.speaking = False
+        self.speech_frames = 0
+        self.silence_ms = 0
+        self.speech_start_ms = 0
+        self.user_item: str | None = None
+        self.pending = bytearray()
+        self.active: asyncio.Task[None] | None = None
+        self.active_id: str | None = None
+        self.side_tasks: set[asyncio.Task[None]] = set()
+        self.done_calls: set[str] = set()
+        self.open_calls: dict[str, Turn] = {}
+        self.outputs_waiting: list[str] = []
+        self.input_tokens = 0
+
+    @property
+    def law(self) -> str:
+        fmt = self.session["audio"]["input"]["format"].get("type")
+        return FORMAT_LAWS.get(fmt, "ulaw")
+
+    async def send(self, event: dict[str, Any]) -> None:
+        event = {"event_id": self.server.new_id("event"), **event}
+        self.log.sent_types.append(event["type"])
+        await self.ws.send(json.dumps(event))
+
+    async def error(self, kind: str, code: str, message: str, event_id: str | None = None, param: str | None = None):
+        error = {"type": kind, "code": code, "message": message, "param": param, "event_id": event_id}
+        self.log.errors.append(error)
+        await self.send({"type": "error", "error": error})
+
+    async def run(self) -> None:
+        if self.ws.request and "OpenAI-Beta" in self.ws.request.headers:
+            await self.error("invalid_request_error", "beta_api_shape_disabled", "The beta Realtime API is disabled.")
+            await self.ws.close(4000, "beta_api_shape_disabled")
+            self.log.close_code = 4000
+            return
+        pinger = asyncio.get_running_loop().create_task(self._ping_loop())
+        try:
+            await self.send({"type": "session.created", "session": self.session})
+            async for message in self.ws:
+                await self._on_message(message)
+        except ConnectionClosed:
+            pass  # the client went away: nothing to answer
+        finally:
+            pinger.cancel()
+            for task in [self.active, *self.side_tasks]:
+                if task is not None:
+                    task.cancel()
+            self.log.close_code = self.ws.close_code
+
+    async def _ping_loop(self) -> None:
+        """Protocol pings as the real service sends them; a missed pong closes with 1011."""
+        while True:
+            await asyncio.sleep(self.server.ping_interval)
+            started = time.perf_counter()
+            try:
+                waiter = await self.ws.ping()
+                await asyncio.wait_for(waiter, self.server.ping_timeout)
+            except TimeoutError:
+                self.log.missed_pongs += 1
+                await self.ws.close(1011, "keepalive ping timeout")
+                return
+            except ConnectionClosed:
+                return
+            self.log.pongs_ms.append((time.perf_counter() - started) * 1000)
+
+    async def _on_message(self, message: str | bytes) -> None:
+        try:
+            event = json.loads(message)
+        except ValueError:
+            await self.error("invalid_request_error", "invalid_json", "The event is not valid JSON.")
+            return
+        if not isinstance(event, dict):
+            await self.error("invalid_request_error", "invalid_event", "An event must be a JSON object.")
+            return
+        self.log.received.append(event if event.get("type") != "input_audio_buffer.append" else {"type": event["type"]})
+        if self.server.validator is not None:
+            problem = self.server.validator(event)
+            if problem:
+                self.log.invalid.append(f"{event.get('type')}: {problem}")
+                await self.error("invalid_request_error", "invalid_value", problem, event.get("event_id"))
+                return
+        handler = {
+            "session.update": self._session_update,
+            "input_audio_buffer.append": self._append,
+            "input_audio_buffer.clear": self._clear,
+            "response.create": self._response_create,
+            "response.cancel": self._response_cancel,
+            "conversation.item.create": self._item_create,
+            "conversation.item.truncate": self._truncate,
+        }.get(event.get("type", ""))
+        if handler is None:
+            await self.error(
+                "invalid_request_error",
+                "unknown_event",
+                f"Unknown event type {event.get('type')!r}.",
+                event.get("event_id"),
+            )
+            return
+        await handler(event)
+
+    # session and input ------------------------------------------------------
+
+    async def _session_update(self, event: dict[str, Any]) -> None:
+        update = event.get("session") or {}
+        if update.get("type") != "realtime":
+            await self.error(
+                "invalid_request_error", "invalid_value", "session.type must be 'realtime'", param="session.type"
+            )
+            return
+        for key, value in update.items():
+            if key == "audio":
+                for side in ("input", "output"):
+                    self.session["audio"][side].update((value or {}).get(side) or {})
+            else:
+                self.session[key] = value
+        self.log.session = self.session
+        await self.send({"type": "session.updated", "session": self.session})
+
+    async def _append(self, event: dict[str, Any]) -> None:
+        try:
+            audio = base64.b64decode(event.get("audio", ""), validate=True)
+        except ValueError:
+            await self.error("invalid_request_error", "invalid_value", "audio is not base64", param="audio")
+            return
+        self.log.audio_in_ms += g711.duration_ms(audio)
+        self.input_tokens += max(1, len(audio) // 800)
+        self.pending.extend(audio)
+        while len(self.pending) >= g711.FRAME_BYTES:
+            frame = bytes(self.pending[: g711.FRAME_BYTES])
+            del self.pending[: g711.FRAME_BYTES]
+            await self._vad(frame)
+
+    async def _clear(self, event: dict[str, Any]) -> None:
+        self.pending.clear()
+        self.speaking = False
+        await self.send({"type": "input_audio_buffer.cleared"})
+
+    async def _vad(self, frame: bytes) -> None:
+        turn = self.session["audio"]["input"].get("turn_detection") or {}
+        self.buffer_ms += g711.FRAME_MS
+        loud = g711.rms(frame, self.law) > SPEECH_RMS
+        if not self.speaking:
+            self.speech_frames = self.speech_frames + 1 if loud else 0
+            if self.speech_frames >= 3 and turn:
+                self.speaking = True
+                self.silence_ms = 0
+                self.user_item = self.server.new_id("item")
+                padding = int(turn.get("prefix_padding_ms") or 300)
+                self.speech_start_ms = max(0, self.buffer_ms - 3 * g711.FRAME_MS - padding)
+                await self.send(
+                    {
+                        "type": "input_audio_buffer.speech_started",
+                        "audio_start_ms": self.speech_start_ms,
+                        "item_id": self.user_item,
+                    }
+                )
+                if turn.get("interrupt_response", True) and self.active is not None and not self.active.done():
+                    await self._cancel_active("turn_detected")
+            return
+        self.silence_ms = 0 if loud else self.silence_ms + g711.FRAME_MS
+        if self.silence_ms >= int(turn.get("silence_duration_ms") or 500):
+            self.speaking = False
+            self.speech_frames = 0
+            await self._commit_turn(turn)
+
+    async def _commit_turn(self, turn: dict[str, Any]) -> None:
+        item_id = self.user_item or self.server.new_id("item")
+        previous = next(reversed(self.items), None)
+        await self.send(
+            {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": self.buffer_ms, "item_id": item_id}
+        )
+        await self.send({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
+        scripted = self.script.turns[self.turn_index] if self.turn_index < len(self.script.turns) else None
+        self.turn_index += 1
+        text = scripted.transcript if scripted else ""
+        self.items[item_id] = _Item(item_id, "user", transcript=text)
+        item = {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "user",
+            "status": "completed",
+            "content": [{"type": "input_audio", "transcript": None}],
+        }
+        await self.send({"type": "conversation.item.added", "item": item, "previous_item_id": previous})
+        await self.send({"type": "conversation.item.done", "item": item, "previous_item_id": previous})
+        if self.session["audio"]["input"].get("transcription"):
+            await self.send(
+                {
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": item_id,
+                    "content_index": 0,
+                    "transcript": text,
+                    "usage": {"type": "duration", "seconds": round((self.buffer_ms - self.speech_start_ms) / 1000, 3)},
+                }
+            )
+        drop = self.script.drop_after_turns
+        if drop is not None and self.turn_index >= drop and not self.server._dropped:
+            self.server._dropped = True
+            log.info("stand-in: dropping the connection after turn %d as scripted", self.turn_index)
+            self.ws.transport.abort()
+            return
+        if turn.get("create_response", True):
+            self._start_response(self._plan_for(scripted), conversation=True, metadata=None)
+
+    # responses -------------------------------------------------------------
+
+    def _plan_for(self, scripted: Turn | None) -> tuple[str, int, Turn | None]:
+        if scripted is None:
+            return self.script.fallback, self.script.fallback_ms, None
+        if scripted.tool:
+            return "", 0, scripted
+        return scripted.reply, scripted.reply_ms, None
+
+    def _start_response(
+        self, plan: tuple[str, int, Turn | None], *, conversation: bool, metadata: dict[str, Any] | None
+    ) -> None:
+        response_id = self.server.new_id("resp")
+        task = asyncio.get_running_loop().create_task(self._respond(response_id, plan, conversation, metadata))
+        if conversation:
+            self.active, self.active_id = task, response_id
+        else:
+            self.side_tasks.add(task)
+            task.add_done_callback(self.side_tasks.discard)
+
+    async def _response_create(self, event: dict[str, Any]) -> None:
+        params = event.get("response") or {}
+        out_of_band = params.get("conversation") == "none"
+        if not out_of_band and self.active is not None and not self.active.done():
+            await self.error(
+                "invalid_request_error",
+                "conversation_already_has_active_response",
+                f"Conversation already has an active response in progress: {self.active_id}.",
+                event.get("event_id"),
+            )
+            return
+        if out_of_band:
+            plan: tuple[str, int, Turn | None] = (params.get("instructions") or "", self.script.progress_ms, None)
+        elif self.outputs_waiting:
+            turn = self.open_calls.pop(self.outputs_waiting[-1], None)
+            self.outputs_waiting.clear()
+            plan = (turn.after_tool, turn.after_tool_ms, None) if turn else (self.script.fallback, 1000, None)
+        elif not self.greeted:
+            self.greeted = True
+            plan = (self.script.greeting, self.script.greeting_ms, None)
+        else:
+            plan = (self.script.fallback, self.script.fallback_ms, None)
+        self._start_response(plan, conversation=not out_of_band, metadata=params.get("metadata"))
+
+    async def _response_cancel(self, event: dict[str, Any]) -> None:
+        if self.active is None or self.active.done():
+            await self.error(
+                "invalid_request_error",
+                "response_cancel_not_active",
+                "Cancellation failed: no active response found.",
+                event.get("event_id"),
+            )
+            return
+        await self._cancel_active("client_cancelled")
+
+    async def _cancel_active(self, reason: str) -> None:
+        task = self.active
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self.active = None
+        response = getattr(task, "centralita_state", None)
+        if response is not None:
+            response["status"] = "cancelled"
+            response["status_details"] = {"type": "cancelled", "reason": reason}
+            await self.send({"type": "response.done", "response": response})
+
+    def _response_object(self, response_id: str, conversation: bool, metadata: dict[str, Any] | None) -> dict[str, Any]:
+        return {
+            "object": "realtime.response",
+            "id": response_id,
+            "status": "in_progress",
+            "status_details": None,
+            "output": [],
+            "conversation_id": "conv_fake" if conversation else None,
+            "output_modalities": ["audio"],
+            "max_output_tokens": "inf",
+            "audio": {"output": {"format": self.session["audio"]["output"]["format"], "voice": "marin"}},
+            "usage": None,
+            "metadata": metadata,
+        }
+
+    async def _respond(
+        self,
+        response_id: str,
+        plan: tuple[str, int, Turn | None],
+        conversation: bool,
+        metadata: dict[str, Any] | None,
+    ) -> None:
+        text, audio_ms, tool_turn = plan
+        response = self._response_object(response_id, conversation, metadata)
+        current = asyncio.current_task()
+        current.centralita_state = response  # type: ignore[union-attr]
+        await self.send({"type": "response.created", "response": dict(response)})
+        if tool_turn is not None:
+            await self._function_call(response, tool_turn)
+        else:
+            await self._speak(response, text, audio_ms, conversation)
+        response["status"] = "completed"
+        response["status_details"] = {"type": "completed", "reason": None}
+        response["usage"] = self._usage(audio_ms, text)
+        if self.active is current:
+            self.active = None
+        current.centralita_state = None  # type: ignore[union-attr]
+        for call_id in [o["call_id"] for o in response["output"] if o["type"] == "function_call"]:
+            self.done_calls.add(call_id)
+        await self.send({"type": "response.done", "response": response})
+
+    def _usage(self, audio_ms: int, text: str) -> dict[str, Any]:
+        audio_out = audio_ms // 50
+        text_out = max(1, len(text) // 4)
+        return {
+            "total_tokens": self.input_tokens + audio_out + text_out,
+            "input_tokens": self.input_tokens,
+            "output_tokens": audio_out + text_out,
+            "input_token_details": {
+                "text_tokens": 0,
+                "audio_tokens": self.input_tokens,
+                "image_tokens": 0,
+                "cached_tokens": 0,
+                "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0},
+            },
+            "output_token_details": {"text_tokens": text_out, "audio_tokens": audio_out},
+        }
+
+    async def _speak(self, response: dict[str, Any], text: str, audio_ms: int, conversation: bool) -> None:
+        response_id = response["id"]
+        item_id = self.server.new_id("item")
+        item = {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "role": "assistant",
+            "status": "in_progress",
+            "content": [],
+        }
+        response["output"].append(item)
+        record = _Item(item_id, "assistant", transcript=text)
+        if conversation:
+            self.items[item_id] = record
+        common = {"response_id": response_id, "item_id": item_id, "output_index": 0, "content_index": 0}
+        await self.send(
+            {"type": "response.output_item.added", "response_id": response_id, "output_index": 0, "item": item}
+        )
+        if conversation:
+            await self.send({"type": "conversation.item.added", "item": item})
+        part = {"type": "audio", "transcript": ""}
+        await self.send({"type": "response.content_part.added", **common, "part": part})
+        audio = g711.tone(audio_ms, self.law, frequency=300 + 40 * (len(self.items) % 10))
+        chunk = g711.SAMPLE_RATE * AUDIO_CHUNK_MS // 1000
+        words = text.split()
+        pieces = max(1, (len(audio) + chunk - 1) // chunk)
+        for index in range(pieces):
+            part_audio = audio[index * chunk : (index + 1) * chunk]
+            await self.send(
+                {"type": "response.output_audio.delta", **common, "delta": base64.b64encode(part_audio).decode()}
+            )
+            record.audio_ms += g711.duration_ms(part_audio)
+            share = words[index * len(words) // pieces : (index + 1) * len(words) // pieces]
+            if share:
+                await self.send(
+                    {"type": "response.output_audio_transcript.delta", **common, "delta": " ".join(share) + " "}
+                )
+            await asyncio.sleep(AUDIO_CHUNK_MS / 1000 / self.script.send_rate)
+        await self.send({"type": "response.output_audio.done", **common})
+        await self.send({"type": "response.output_audio_transcript.done", **common, "transcript": text})
+        part = {"type": "audio", "transcript": text}
+        await self.send({"type": "response.content_part.done", **common, "part": part})
+        item["status"] = "completed"
+        item["content"] = [{"type": "output_audio", "transcript": text}]
+        await self.send(
+            {"type": "response.output_item.done", "response_id": response_id, "output_index": 0, "item": item}
+        )
+        if conversation:
+            await self.send({"type": "conversation.item.done", "item": item})
+
+    async def _function_call(self, response: dict[str, Any], turn: Turn) -> None:
+        response_id = response["id"]
+        item_id = self.server.new_id("item")
+        call_id = self.server.new_id("call")
+        arguments = json.dumps(turn.arguments)
+        item = {
+            "id": item_id,
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "in_progress",
+            "name": turn.tool,
+            "call_id": call_id,
+            "arguments": "",
+        }
+        response["output"].append(item)
+        self.items[item_id] = _Item(item_id, "assistant", kind="function_call", call_id=call_id)
+        self.open_calls[call_id] = turn
+        await self.send(
+            {"type": "response.output_item.added", "response_id": response_id, "output_index": 0, "item": item}
+        )
+        await self.send({"type": "conversation.item.added", "item": item})
+        common = {"response_id": response_id, "item_id": item_id, "output_index": 0, "call_id": call_id}
+        await self.send({"type": "response.function_call_arguments.delta", **common, "delta": arguments})
+        await self.send(
+            {"type": "response.function_call_arguments.done", **common, "name": turn.tool, "arguments": arguments}
+        )
+        item = {**item, "status": "completed", "arguments": arguments}
+        response["output"][-1] = item
+        await self.send(
+            {"type": "response.output_item.done", "response_id": response_id, "output_index": 0, "item": item}
+        )
+        await self.send({"type": "conversation.item.done", "item": item})
+
+    # conversation items -----------------------------------------------------
+
+    async def _item_create(self, event: dict[str, Any]) -> None:
+        item = dict(event.get("item") or {})
+        if item.get("type") == "function_call_output":
+            call_id = item.get("call_id", "")
+            if call_id not in self.done_calls:
+                await self.error(
+                    "invalid_request_error",
+                    "invalid_tool_call_id",
+                    f"Tool call ID '{call_id}' not found in conversation.",
+                    event.get("event_id"),
+                    "item.call_id",
+                )
+                return
+            self.done_calls.discard(call_id)
+            self.outputs_waiting.append(call_id)
+            self.log.function_outputs.append((call_id, item.get("output", "")))
+        item.setdefault("id", self.server.new_id("item"))
+        item["object"] = "realtime.item"
+        item["status"] = "completed"
+        role = item.get("role", "tool")
+        self.items[item["id"]] = _Item(item["id"], role, kind=item.get("type", "message"))
+        await self.send({"type": "conversation.item.added", "item": item})
+        await self.send({"type": "conversation.item.done", "item": item})
+
+    async def _truncate(self, event: dict[str, Any]) -> None:
+        item = self.items.get(event.get("item_id", ""))
+        if item is None or item.role != "assistant" or item.kind != "message":
+            await self.error(
+                "invalid_request_error",
+                "item_not_found",
+                f"Item {event.get('item_id')!r} is not an assistant message.",
+                event.get("event_id"),
+                "item_id",
+            )
+            return
+        end = int(event.get("audio_end_ms", -1))
+        if end < 0 or end > item.audio_ms:
+            await self.error(
+                "invalid_request_error",
+                "invalid_value",
+                f"Audio content of {item.audio_ms}ms is shorter than {end}ms.",
+                event.get("event_id"),
+                "audio_end_ms",
+            )
+            return
+        item.audio_ms = end
+        item.transcript = ""
+        self.log.truncations.append((item.id, end))
+        await self.send(
+            {"type": "conversation.item.truncated", "item_id": item.id, "content_index": 0, "audio_end_ms": end}
+        )
