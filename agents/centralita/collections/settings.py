@@ -42,7 +42,7 @@ class CollectionsSettings(DbSettings):
         "COLLECTIONS_REQUEST_TIMEOUT_SECONDS", default=5.0, minimum=0.5, maximum=60, help="ARI REST and connect timeout"
     )
     reconnect_min_seconds: float = setting("COLLECTIONS_RECONNECT_MIN_SECONDS", default=1.0, minimum=0.1, maximum=60)
-    reconnect_max_seconds: float = setting("COLLECTIONS_RECONNECT_MAX_SECONDS", default=30.0, minimum=1, maximum=600)
+    reconnect_max_seconds: float = setting("COLLECTIONS_RECONNECT_MAX_SECONDS", default=30.0, minimum=0.5, maximum=600)
     log_level: str = setting("COLLECTIONS_LOG_LEVEL", default="INFO", choices=LOG_LEVELS)
     metrics_host: str = setting("COLLECTIONS_METRICS_HOST", default="127.0.0.1")
     metrics_port: int = setting(
