@@ -208,3 +208,21 @@ def test_worker_reads_its_env_file_named_by_centralita_env_file(events_db: DbSet
     )
     assert result.returncode == 2
     assert "WORKER_POLL_SECONDS: expected a number, got 'bogus'" in result.stderr
+
+
+def test_worker_with_its_metrics_port_taken_exits_1_with_one_clear_line(events_db: DbSettings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "centralita.worker"],
+            env=_env(events_db, WORKER_METRICS_PORT=str(port)),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr

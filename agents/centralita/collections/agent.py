@@ -103,7 +103,7 @@ class CollectionsAgent:
     async def run(self, stop: asyncio.Event) -> None:
         server: asyncio.AbstractServer | None = None
         if self.settings.metrics_port:
-            server = await serve_metrics(self.registry, self.settings.metrics_host, self.settings.metrics_port)
+            server = await start_metrics(self.registry, self.settings.metrics_host, self.settings.metrics_port)
             log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.settings.metrics_port)
         try:
             await self.check_database()
@@ -137,3 +137,11 @@ class CollectionsAgent:
         for task in late:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def start_metrics(registry: Registry, host: str, port: int) -> asyncio.AbstractServer:
+    """Serve /metrics, or stop the agent with one clear line when the address is taken."""
+    try:
+        return await serve_metrics(registry, host, port)
+    except OSError as exc:
+        raise SystemExit(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc

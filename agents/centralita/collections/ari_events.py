@@ -138,8 +138,13 @@ async def _one_connection(
                     return
                 message = receiver.result()
                 event = parse_event(message)
-                if event is not None:
+                if event is None:
+                    continue
+                try:
                     await handle(event)
+                except Exception:
+                    # One broken event must not drop the websocket and every other call with it.
+                    log.exception("handling ARI %s failed", event["type"])
         finally:
             stopper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

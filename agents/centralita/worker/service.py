@@ -59,7 +59,7 @@ async def run(settings: WorkerSettings, stop: asyncio.Event, registry: Registry 
     poller = EventPoller(settings, registry)
     server: asyncio.AbstractServer | None = None
     if settings.metrics_port:
-        server = await serve_metrics(registry, settings.metrics_host, settings.metrics_port)
+        server = await start_metrics(registry, settings.metrics_host, settings.metrics_port)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
     log.info(
         "polling events in %s every %.1f s (queue after %.1f s)",
@@ -107,3 +107,11 @@ async def run(settings: WorkerSettings, stop: asyncio.Event, registry: Registry 
             server.close()
             await server.wait_closed()
         log.info("worker stopped")
+
+
+async def start_metrics(registry: Registry, host: str, port: int) -> asyncio.AbstractServer:
+    """Serve /metrics, or stop the agent with one clear line when the address is taken."""
+    try:
+        return await serve_metrics(registry, host, port)
+    except OSError as exc:
+        raise SystemExit(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from exc
