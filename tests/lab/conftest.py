@@ -1,0 +1,350 @@
+"""Fixtures for the lab tests: real services in a lab VM, SIP peers beside it.
+
+The lab is named by ``CENTRALITA_LAB_NAME`` / ``CENTRALITA_LAB_INDEX`` (defaults:
+``molecule`` / ``1``, the VM that ``./run test`` converges with molecule first).
+When that lab is not up, the ``lab`` fixture boots it and converges ``site.yml``
+into it. When the lab cannot be had, every test that needs it FAILS with the
+reason: a lab test never skips.
+
+Fixtures (all documented below; other features' lab tests use them too):
+
+- ``lab`` (session): a :class:`LabHandle` — ``.lab`` (``centralita.lab.core.Lab``),
+  ``.vm`` (the VM's machine name), ``.address`` (its IP), ``.exec(cmd)``,
+  ``.db_query(sql, params)``, ``.peer_address(name)``.
+- ``vm_exec``: ``vm_exec("systemctl is-active kamailio") -> stdout`` (raises on failure,
+  ``check=False`` to get stdout anyway).
+- ``db_query``: ``db_query("SELECT ... WHERE id = %s", (5,)) -> list[dict]`` run in the VM's
+  MariaDB (as root over the unix socket, schema ``centralita``); several statements may be
+  given separated by ``;`` — the rows of the last one that returns rows come back.
+- ``add_peer``: ``add_peer("carrier1") -> address``; a peer host (its own network
+  namespace and address on the lab bridge, 10.213.N.100+). Removed again after the test.
+- ``sipp``: ``sipp(peer, scenario_or_sf, target, calls=1, rate=1, timeout=30, extra=[...])
+  -> SippResult`` runs SIPp inside the peer with ``-m`` and ``-timeout`` always set;
+  ``sipp.start(...)`` runs it in the background (for a carrier waiting for calls) and
+  ``.wait()`` / ``.stop()`` on the handle; every background SIPp is stopped (by PID) at the
+  end of the test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import decimal
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from centralita.lab.core import Lab
+from centralita.lab.host import LabError
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+VM_NAME = "centralita1"
+CONVERGE_TIMEOUT_S = 3600
+SIPP_GRACE_S = 15
+
+
+def _lab_name() -> str:
+    return os.environ.get("CENTRALITA_LAB_NAME", "molecule")
+
+
+def _lab_index() -> int:
+    return int(os.environ.get("CENTRALITA_LAB_INDEX", "1"))
+
+
+# -- SQL over SSH ------------------------------------------------------------------
+
+
+def sql_literal(value: Any) -> str:
+    """A MariaDB literal for ``value`` (the client is the ``mariadb`` CLI, so no server-side binding)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int | float | decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return "'" + value.strftime("%Y-%m-%d %H:%M:%S.%f") + "'"
+    if isinstance(value, dt.date):
+        return "'" + value.isoformat() + "'"
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'").replace("\0", "\\0")
+    return "'" + text + "'"
+
+
+def bind(sql: str, params: Sequence[Any] | None) -> str:
+    if not params:
+        return sql
+    return sql % tuple(sql_literal(p) for p in params)
+
+
+_UNESCAPE = {"n": "\n", "t": "\t", "\\": "\\", "0": "\0"}
+
+
+def _unescape(field: str) -> str | None:
+    if field == "NULL":
+        return None
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        ch = field[i]
+        if ch == "\\" and i + 1 < len(field):
+            out.append(_UNESCAPE.get(field[i + 1], field[i + 1]))
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def parse_batch(output: str) -> list[dict[str, str | None]]:
+    """Rows of ``mariadb --batch`` output (tab-separated, first line the column names)."""
+    lines = output.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines:
+        return []
+    header = lines[0].split("\t")
+    return [dict(zip(header, (_unescape(f) for f in line.split("\t")), strict=True)) for line in lines[1:]]
+
+
+@dataclasses.dataclass
+class LabHandle:
+    lab: Lab
+    vm: str
+
+    @property
+    def address(self) -> str:
+        return self.lab.address(self.vm)
+
+    def exec(self, command: str, *, timeout: float = 120, check: bool = True) -> str:
+        return self.lab.exec(self.vm, command, timeout=timeout, check=check)
+
+    def db_query(self, sql: str, params: Sequence[Any] | None = None, *, timeout: float = 60) -> list[dict]:
+        """Run SQL in the VM's ``centralita`` schema; values come back as strings (or None)."""
+        done = subprocess.run(
+            [*self.lab.ssh_args(self.vm), "mariadb --batch --default-character-set=utf8mb4 centralita"],
+            input="SET time_zone = '+00:00';\n" + bind(sql, params).rstrip().rstrip(";") + ";\n",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"SQL failed in {self.vm}: {done.stderr.strip()}\n{sql}")
+        # Several result sets are printed one after another, each with its header line; keep the last.
+        chunks = [c for c in done.stdout.split("\n\n") if c.strip()]
+        return parse_batch(chunks[-1] + "\n") if chunks else []
+
+    def peer_address(self, name: str) -> str:
+        return self.lab.address(name)
+
+
+def _lab_is_up(lab: Lab, vm: str) -> bool:
+    if vm not in lab.state.machines:
+        return False
+    try:
+        lab.exec(vm, "true", timeout=20)
+    except (LabError, subprocess.TimeoutExpired):
+        return False
+    return True
+
+
+def _converge(lab: Lab, vm: str) -> None:
+    env = dict(os.environ, CENTRALITA_LAB_ADDRESS=lab.address(vm), ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
+    venv_bin = REPO / ".venv" / "bin"
+    env["PATH"] = f"{venv_bin}:{env.get('PATH', '')}"
+    playbook = venv_bin / "ansible-playbook"
+    done = subprocess.run(
+        [str(playbook), "-i", "inventory/lab", "site.yml"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CONVERGE_TIMEOUT_S,
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = "\n".join(done.stdout.splitlines()[-40:])
+        pytest.fail(f"converging site.yml into lab {lab.name} failed:\n{tail}\n{done.stderr[-2000:]}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def lab() -> LabHandle:
+    """The converged lab VM (booted and converged with site.yml first when it is not up)."""
+    name, index = _lab_name(), _lab_index()
+    try:
+        the_lab = Lab(name, index)
+        if not _lab_is_up(the_lab, VM_NAME):
+            the_lab.up([VM_NAME])
+            _converge(the_lab, VM_NAME)
+    except (LabError, OSError, subprocess.SubprocessError) as exc:
+        pytest.fail(f"lab {name} (index {index}) could not be brought up: {exc}", pytrace=False)
+    return LabHandle(the_lab, VM_NAME)
+
+
+@pytest.fixture
+def vm_exec(lab: LabHandle):
+    """``vm_exec(command, timeout=120, check=True) -> stdout`` in the lab VM over SSH."""
+    return lab.exec
+
+
+@pytest.fixture
+def db_query(lab: LabHandle):
+    """``db_query(sql, params=None) -> list[dict]`` in the VM's MariaDB (see LabHandle.db_query)."""
+    return lab.db_query
+
+
+@pytest.fixture
+def add_peer(lab: LabHandle) -> Iterator:
+    """``add_peer(name) -> address``: a peer host for this test, removed afterwards."""
+    made: list[str] = []
+
+    def _add(name: str) -> str:
+        existed = name in lab.lab.state.machines
+        lab.lab.add_peer(name)
+        if not existed:
+            made.append(name)
+        return lab.lab.address(name)
+
+    yield _add
+    for name in reversed(made):
+        lab.lab.remove_peer(name)
+
+
+# -- SIPp ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SippResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    argv: list[str]
+    stats: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+class SippProcess:
+    """A SIPp running in the background inside a peer (a carrier waiting for calls)."""
+
+    def __init__(self, argv: list[str], proc: subprocess.Popen, workdir: Path) -> None:
+        self.argv = argv
+        self.proc = proc
+        self.workdir = workdir
+
+    def wait(self, timeout: float) -> SippResult:
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            out, err = self.proc.communicate(timeout=SIPP_GRACE_S)
+        return SippResult(self.proc.returncode, out, err, self.argv, _read_stats(self.workdir))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+
+
+def _read_stats(workdir: Path) -> dict[str, str]:
+    """The last line of SIPp's -trace_stat CSV, keyed by column name."""
+    for path in sorted(workdir.glob("*_.csv")):
+        lines = [ln for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+        if len(lines) >= 2:
+            return dict(zip(lines[0].rstrip(";").split(";"), lines[-1].rstrip(";").split(";"), strict=False))
+    return {}
+
+
+class Sipp:
+    """Runs SIPp inside peers; every run is bounded by -m (calls) and -timeout (seconds)."""
+
+    def __init__(self, lab: LabHandle, tmp: Path) -> None:
+        self.lab = lab
+        self.tmp = tmp
+        self.running: list[SippProcess] = []
+        self._n = 0
+
+    def argv(
+        self,
+        peer: str,
+        scenario: str,
+        target: str | None,
+        *,
+        calls: int = 1,
+        rate: float = 1,
+        timeout: int = 30,
+        port: int = 5060,
+        extra: Sequence[str] = (),
+    ) -> tuple[list[str], Path]:
+        if calls < 1 or timeout < 1:
+            raise ValueError("SIPp needs a bounded number of calls (-m >= 1) and a timeout (>= 1 s)")
+        self._n += 1
+        workdir = self.tmp / f"sipp{self._n}-{peer}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        path = SCENARIOS / scenario if not scenario.startswith("-") else None
+        args = ["sipp"]
+        if path is not None and path.exists():
+            args += ["-sf", str(path)]
+        elif scenario in {"uac", "uas", "-sn uac", "-sn uas"}:
+            args += ["-sn", scenario.split()[-1]]
+        else:
+            raise FileNotFoundError(f"no SIPp scenario {scenario} in {SCENARIOS}")
+        args += ["-i", self.lab.peer_address(peer), "-p", str(port), "-m", str(calls), "-r", str(rate)]
+        args += ["-timeout", f"{timeout}s", "-timeout_error", "-nostdin", "-trace_stat"]
+        args += ["-stf", str(workdir / f"stat_{peer}_.csv"), "-fd", "1"]
+        args += list(extra)
+        if target:
+            args.append(target)
+        return self.lab.lab.peer_cmd(peer, args), workdir
+
+    def __call__(self, peer: str, scenario: str, target: str | None, **kwargs: Any) -> SippResult:
+        timeout = kwargs.get("timeout", 30)
+        argv, workdir = self.argv(peer, scenario, target, **kwargs)
+        proc = subprocess.Popen(
+            argv, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        handle = SippProcess(argv, proc, workdir)
+        self.running.append(handle)
+        return handle.wait(timeout + SIPP_GRACE_S)
+
+    def start(self, peer: str, scenario: str, target: str | None = None, **kwargs: Any) -> SippProcess:
+        argv, workdir = self.argv(peer, scenario, target, **kwargs)
+        proc = subprocess.Popen(
+            argv, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        handle = SippProcess(argv, proc, workdir)
+        self.running.append(handle)
+        time.sleep(0.3)
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"SIPp exited at once ({proc.returncode}): {shlex.join(argv)}\n{out}\n{err}")
+        return handle
+
+    def stop_all(self) -> None:
+        for handle in self.running:
+            handle.stop()
+
+
+@pytest.fixture
+def sipp(lab: LabHandle, tmp_path: Path) -> Iterator[Sipp]:
+    """Run SIPp in peers (see :class:`Sipp`); background runs are stopped after the test."""
+    runner = Sipp(lab, tmp_path)
+    yield runner
+    runner.stop_all()
