@@ -82,6 +82,13 @@ def _encode_table(law: str) -> bytes:
     return bytes(convert(s - 32768) for s in range(65536))
 
 
+def warm_up() -> None:
+    """Build the lookup tables now rather than during the first call's audio."""
+    for law in ("ulaw", "alaw"):
+        _decode_table(law)
+        _encode_table(law)
+
+
 def check_law(law: str) -> str:
     if law not in ("ulaw", "alaw"):
         raise ValueError(f"unknown G.711 law {law!r}: expected ulaw or alaw")
@@ -112,8 +119,9 @@ def rms(data: bytes, law: str) -> float:
     return math.sqrt(sum(table[b] * table[b] for b in data) / len(data))
 
 
+@cache
 def tone(ms: int, law: str, frequency: float = 440.0, amplitude: int = 8000) -> bytes:
-    """A sine tone: stands in for speech wherever only its energy and length matter."""
+    """A sine tone: stands in for speech wherever only its energy and length matter (cached: it is pure)."""
     count = SAMPLE_RATE * ms // 1000
     step = 2 * math.pi * frequency / SAMPLE_RATE
     return encode([int(amplitude * math.sin(step * n)) for n in range(count)], law)

@@ -17,8 +17,10 @@ import http
 import itertools
 import json
 import logging
+import re
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -60,11 +62,41 @@ class Script:
     progress_ms: int = 800  # length of an out-of-band "one moment" phrase
     drop_after_turns: int | None = None  # close the socket abruptly once, after this many turns
     send_rate: float = 4.0  # reply audio is sent this many times faster than real time
+    think_ms: int = 0  # delay before a reply's first audio, as a model's thinking time
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Script:
         turns = [Turn(**t) for t in data.pop("turns", [])]
         return cls(turns=turns, **data)
+
+
+@contextlib.contextmanager
+def running_in_thread(fake: FakeRealtime) -> Iterator[FakeRealtime]:
+    """Serve ``fake`` from its own thread and event loop, as a separate service would be.
+
+    Tests that measure the agent's pacing use this so the stand-in's own work (making
+    reply audio, voice detection) never shares the agent's event loop.
+    """
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    def serve_forever() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(fake.start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve_forever, name="fake-realtime", daemon=True)
+    thread.start()
+    if not ready.wait(10):
+        raise RuntimeError("the Realtime stand-in did not start within 10 s")
+    try:
+        yield fake
+    finally:
+        asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def _openai_validator() -> Callable[[dict[str, Any]], str | None] | None:
@@ -171,6 +203,7 @@ class FakeRealtime:
         await self.stop()
 
     async def start(self) -> None:
+        g711.warm_up()
         self._server = await serve(
             self._handle,
             self.host,
@@ -489,7 +522,10 @@ class _Connection:
             )
             return
         if out_of_band:
-            plan: tuple[str, int, Turn | None] = (params.get("instructions") or "", self.script.progress_ms, None)
+            instructions = params.get("instructions") or ""
+            quoted = re.search(r'"([^"]+)"', instructions)  # "say exactly: "..."" -> the quoted phrase
+            spoken = quoted.group(1) if quoted else instructions
+            plan: tuple[str, int, Turn | None] = (spoken, self.script.progress_ms, None)
         elif self.outputs_waiting:
             turn = self.open_calls.pop(self.outputs_waiting[-1], None)
             self.outputs_waiting.clear()
@@ -607,6 +643,8 @@ class _Connection:
             await self.send({"type": "conversation.item.added", "item": item})
         part = {"type": "audio", "transcript": ""}
         await self.send({"type": "response.content_part.added", **common, "part": part})
+        if self.script.think_ms:
+            await asyncio.sleep(self.script.think_ms / 1000)
         audio = g711.tone(audio_ms, self.law, frequency=300 + 40 * (len(self.items) % 10))
         chunk = g711.SAMPLE_RATE * AUDIO_CHUNK_MS // 1000
         words = text.split()

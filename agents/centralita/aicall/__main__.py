@@ -1,0 +1,63 @@
+"""``python -m centralita.aicall [--env-file FILE]``: run the AI call agent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from centralita.aicall import g711
+from centralita.aicall.agent import AicallAgent
+from centralita.aicall.metrics import AicallMetrics
+from centralita.aicall.settings import AicallSettings
+from centralita.aicall.store import CallStore
+from centralita.config import ConfigError, describe, load_settings
+from centralita.db import db_settings_of
+from centralita.logs import setup_logging
+from centralita.metrics import serve_metrics
+
+log = logging.getLogger("centralita.aicall")
+
+
+async def serve(settings: AicallSettings) -> None:
+    g711.warm_up()
+    metrics = AicallMetrics()
+    store = CallStore(db_settings_of(settings), settings.spool_dir, metrics)
+    agent = AicallAgent(settings, metrics=metrics, store=store)
+    server = None
+    if settings.metrics_port:
+        server = await serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
+    loop = asyncio.get_running_loop()
+    runner = loop.create_task(agent.run())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runner.cancel)
+    try:
+        await runner
+    except asyncio.CancelledError:
+        log.info("stopping: every call ended and recorded")
+    finally:
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m centralita.aicall", description="Centralita AI call agent")
+    parser.add_argument("--env-file", help="read settings from this env file (on top of the environment)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(AicallSettings, env_file=args.env_file)
+        settings.load_instructions()
+    except ConfigError as exc:
+        print(f"centralita.aicall: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    log.info("starting with %s", describe(settings))
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

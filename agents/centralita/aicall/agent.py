@@ -1,0 +1,307 @@
+"""The AI call agent: one process, many calls, driven by ARI events.
+
+For each channel that enters ``Stasis(<app>)`` the agent answers, creates a mixing
+bridge and an externalMedia channel (RTP or chan_websocket), bridges the two and
+runs a :class:`CallSession` until the call ends; then it removes what it created in
+Asterisk and writes the call record. After every (re)connection to ARI it checks
+that the calls it holds still exist, so an Asterisk restart ends them cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from centralita.aicall.media import MediaPath
+from centralita.aicall.metrics import AicallMetrics
+from centralita.aicall.provider import SessionConfig
+from centralita.aicall.realtime import RealtimeSession
+from centralita.aicall.record import CallRecord
+from centralita.aicall.rtp import Pacer, RtpMedia
+from centralita.aicall.session import CallPolicy, CallSession, call_tools
+from centralita.aicall.settings import AicallSettings
+from centralita.aicall.store import CallStore
+from centralita.aicall.tools.base import ToolBox
+from centralita.aicall.tools.mikrotik import HttpApiBackend, Router, RouterOsBackend, mikrotik_tools
+from centralita.aicall.wsmedia import WebsocketMedia
+from centralita.asterisk.ari import AriClient, AriError, AriNotFound
+
+log = logging.getLogger("centralita.aicall.agent")
+
+MEDIA_SUFFIX = "-media"
+BRIDGE_SUFFIX = "-bridge"
+APOLOGY_MAX_S = 6.0
+
+
+def build_tools(settings: AicallSettings) -> ToolBox:
+    tools = call_tools(settings.transfer_extension or None)
+    if settings.enable_mikrotik_tools:
+        if settings.mikrotik_api_url:
+            backend: Any = HttpApiBackend(settings.mikrotik_api_url, settings.mikrotik_api_token)
+        else:
+            routers = []
+            for entry in settings.mikrotik_routers:
+                name, _, address = entry.partition("=")
+                routers.append(
+                    Router(name, address, settings.mikrotik_user, settings.mikrotik_password, settings.tls_verify)
+                )
+            backend = RouterOsBackend(routers)
+        tools += mikrotik_tools(backend, settings.tool_timeout_seconds, settings.ping_timeout_seconds)
+    return ToolBox(tools)
+
+
+def session_config(settings: AicallSettings, tools: ToolBox) -> SessionConfig:
+    return SessionConfig(
+        instructions=settings.load_instructions(),
+        voice=settings.voice,
+        law=settings.codec,
+        tools=tools.specs,
+        vad_type=settings.vad_type,
+        vad_threshold=settings.vad_threshold,
+        vad_prefix_padding_ms=settings.vad_prefix_padding_ms,
+        vad_silence_duration_ms=settings.vad_silence_ms,
+        vad_idle_timeout_ms=settings.vad_idle_timeout_ms or None,
+        vad_eagerness=settings.vad_eagerness,
+        transcription_model=settings.transcription_model or None,
+        max_output_tokens=settings.max_output_tokens or None,
+    )
+
+
+class AriCallControl:
+    """Call control for one caller channel through ARI."""
+
+    def __init__(self, agent: AicallAgent, channel_id: str) -> None:
+        self.agent = agent
+        self.channel_id = channel_id
+
+    async def transfer(self, target: str) -> None:
+        await self.agent.ari.continue_in_dialplan(self.channel_id, self.agent.settings.transfer_context, target)
+
+    async def hangup(self) -> None:
+        await self.agent.ari.hangup(self.channel_id)
+
+    async def play_apology(self) -> None:
+        playback_id = f"apology-{uuid.uuid4().hex[:12]}"
+        finished = self.agent.expect_playback(playback_id)
+        try:
+            await self.agent.ari.play(self.channel_id, self.agent.settings.apology_sound, playback_id)
+            await asyncio.wait_for(finished, APOLOGY_MAX_S)
+        except (AriError, TimeoutError) as exc:
+            log.warning("call %s: apology prompt not played: %s", self.channel_id, exc)
+        finally:
+            self.agent.forget_playback(playback_id)
+
+
+class AicallAgent:
+    def __init__(self, settings: AicallSettings, *, metrics: AicallMetrics, store: CallStore | None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.store = store
+        self.ari = AriClient(settings.ari_url, settings.ari_user, settings.ari_password, settings.ari_app)
+        self.tools = build_tools(settings)
+        self.config = session_config(settings, self.tools)
+        self.pacer = Pacer()
+        self.sessions: dict[str, CallSession] = {}
+        self._calls: dict[str, asyncio.Task[None]] = {}
+        self._playbacks: dict[str, asyncio.Future[None]] = {}
+        self.policy = CallPolicy(
+            progress_phrase=settings.progress_phrase,
+            progress_delay=settings.progress_delay_seconds,
+            progress_repeat=settings.progress_repeat_seconds,
+            reconnect_window=settings.reconnect_window_seconds,
+            connect_timeout=settings.connect_timeout_seconds,
+            transfer_target=settings.transfer_extension or None,
+        )
+
+    # events -----------------------------------------------------------------------------
+
+    async def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        channel = event.get("channel") or {}
+        channel_id = channel.get("id", "")
+        if kind == "StasisStart":
+            if channel_id.endswith(MEDIA_SUFFIX):
+                return  # our own externalMedia channel joining the app
+            self._start_call(channel)
+        elif kind in ("StasisEnd", "ChannelDestroyed", "ChannelHangupRequest"):
+            session = self.sessions.get(channel_id)
+            if session is not None:
+                session.caller_hung_up()
+        elif kind == "PlaybackFinished":
+            waiter = self._playbacks.get((event.get("playback") or {}).get("id", ""))
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    async def on_connect(self) -> None:
+        """After a (re)connection: end the calls Asterisk no longer has (it restarted)."""
+        for channel_id, session in list(self.sessions.items()):
+            try:
+                alive = await self.ari.get_channel(channel_id)
+            except AriError as exc:
+                log.warning("cannot check call %s after reconnecting: %s", channel_id, exc)
+                continue
+            if alive is None:
+                log.warning("call %s: gone from Asterisk after the ARI reconnection", channel_id)
+                session.end("asterisk_lost")
+
+    def expect_playback(self, playback_id: str) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._playbacks[playback_id] = future
+        return future
+
+    def forget_playback(self, playback_id: str) -> None:
+        self._playbacks.pop(playback_id, None)
+
+    def _start_call(self, channel: dict[str, Any]) -> None:
+        channel_id = channel["id"]
+        if channel_id in self._calls:
+            return
+        task = asyncio.get_running_loop().create_task(self._call(channel), name=f"call-{channel_id}")
+        self._calls[channel_id] = task
+        task.add_done_callback(lambda _: self._calls.pop(channel_id, None))
+
+    # one call -----------------------------------------------------------------------------
+
+    async def _open_media(self, channel_id: str) -> MediaPath:
+        media_id = channel_id + MEDIA_SUFFIX
+        codec = self.settings.codec
+        if self.settings.media == "rtp":
+            ports = (self.settings.rtp_port_min, self.settings.rtp_port_max) if self.settings.rtp_port_min else None
+            media = RtpMedia(codec, self.pacer, bind_host=self.settings.rtp_bind, port_range=ports, name=channel_id)
+            await media.start()
+            host = self.settings.rtp_advertise or self.settings.rtp_bind
+            try:
+                reply = await self.ari.external_media(media_id, f"{host}:{media.local[1]}", codec)
+            except BaseException:
+                await media.close()
+                raise
+            variables = reply.get("channelvars") or {}
+            address, port = variables.get("UNICASTRTP_LOCAL_ADDRESS"), variables.get("UNICASTRTP_LOCAL_PORT")
+            if address and port:
+                media.set_remote(address, int(port))
+            return media
+        reply = await self.ari.external_media(
+            media_id, "INCOMING", codec, encapsulation="none", transport="websocket", connection_type="server"
+        )
+        connection = (reply.get("channelvars") or {}).get("MEDIA_WEBSOCKET_CONNECTION_ID") or media_id
+        parts = urlsplit(self.ari.base)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        url = urlunsplit((scheme, parts.netloc, "/media/" + quote(connection, safe=""), "", ""))
+        media = WebsocketMedia(
+            codec, url, user=self.settings.ari_user, password=self.settings.ari_password, name=channel_id
+        )
+        await media.start()
+        return media
+
+    async def _call(self, channel: dict[str, Any]) -> None:
+        channel_id = channel["id"]
+        record = CallRecord(
+            channel_id,
+            (channel.get("caller") or {}).get("number", ""),
+            (channel.get("dialplan") or {}).get("exten", ""),
+            channel_name=channel.get("name", ""),
+            media_kind=self.settings.media,
+            model=self.settings.realtime_model,
+        )
+        bridge_id = channel_id + BRIDGE_SUFFIX
+        if len(self.sessions) >= self.settings.max_calls:
+            await self._reject(record)
+            return
+        session: CallSession | None = None
+        media: MediaPath | None = None
+        try:
+            await self.ari.answer(channel_id)
+            record.answered_at = time.time()
+            await self.ari.create_bridge(bridge_id)
+            media = await self._open_media(channel_id)
+            await self.ari.add_to_bridge(bridge_id, channel_id, channel_id + MEDIA_SUFFIX)
+            record.recording_path = await self.ari.get_variable(channel_id, "MIXMONITOR_FILENAME")
+            model = RealtimeSession(
+                url=self.settings.realtime_url,
+                model=self.settings.realtime_model,
+                api_key=self.settings.openai_api_key,
+                config=self.config,
+                connect_timeout=self.settings.connect_timeout_seconds,
+                name=channel_id,
+            )
+            session = CallSession(
+                record=record,
+                media=media,
+                model=model,
+                tools=self.tools,
+                control=AriCallControl(self, channel_id),
+                policy=self.policy,
+                metrics=self.metrics,
+            )
+            self.sessions[channel_id] = session
+            await session.run()
+        except AriNotFound:
+            record.end_reason = record.end_reason or "caller_hangup"
+        except (AriError, OSError) as exc:
+            log.error("call %s: setup failed: %s", channel_id, exc)
+            record.end_reason = record.end_reason or "error"
+        finally:
+            self.sessions.pop(channel_id, None)
+            if session is None:
+                if media is not None:
+                    await media.close()
+                record.ended_at = time.time()
+                self.metrics.calls.inc(reason=record.end_reason or "error")
+            await self._cleanup(channel_id, bridge_id, record)
+            if self.store is not None:
+                await self.store.save(record)
+
+    async def _cleanup(self, channel_id: str, bridge_id: str, record: CallRecord) -> None:
+        """Remove what the call created in Asterisk; hang the caller up unless transferred."""
+        steps = [self.ari.hangup(channel_id + MEDIA_SUFFIX), self.ari.destroy_bridge(bridge_id)]
+        if not record.transferred_to:
+            steps.append(self.ari.hangup(channel_id))
+        for step in steps:
+            try:
+                await step
+            except AriError as exc:
+                log.warning("call %s: cleanup step failed: %s", channel_id, exc)
+
+    async def _reject(self, record: CallRecord) -> None:
+        log.warning("call %s rejected: %d calls in progress", record.call_id, len(self.sessions))
+        record.end_reason = "rejected_busy"
+        try:
+            if self.settings.transfer_extension:
+                await self.ari.continue_in_dialplan(
+                    record.call_id, self.settings.transfer_context, self.settings.transfer_extension
+                )
+                record.transferred_to = self.settings.transfer_extension
+            else:
+                await self.ari.hangup(record.call_id, reason="congestion")
+        except AriError as exc:
+            log.warning("call %s: could not reject cleanly: %s", record.call_id, exc)
+        record.ended_at = time.time()
+        self.metrics.calls.inc(reason=record.end_reason)
+        if self.store is not None:
+            await self.store.save(record)
+
+    # the process --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve calls until cancelled; then end every call and release everything."""
+        tasks = [asyncio.get_running_loop().create_task(self.ari.run_events(self.on_event, self.on_connect))]
+        if self.store is not None:
+            tasks.append(asyncio.get_running_loop().create_task(self.store.replay_forever()))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for session in list(self.sessions.values()):
+                session.end("agent_stopped")
+            calls = list(self._calls.values())
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.pacer.close()
+            self.ari.close()

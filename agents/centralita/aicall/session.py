@@ -1,0 +1,441 @@
+"""One AI call: the caller's media leg, one model session, tools, and the rules between them.
+
+Rules the caller can hear:
+- The assistant's audio goes out at one frame per 20 ms (the media path's job).
+- When the caller talks over the assistant, queued audio is dropped at once and the
+  model is told how much of its reply was really played (``truncate``), so what it
+  remembers is what the caller heard.
+- Tools run as tasks; after ``progress_delay`` a short phrase is spoken, and a soft
+  cue fills any longer silence, so a slow router never means dead air.
+- A dropped model socket is reopened within ``reconnect_window`` with the
+  conversation replayed; if that fails the caller hears an apology and is
+  transferred (or the call ends).
+Every task started here is owned by the session and cancelled when the call ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from centralita.aicall import g711
+from centralita.aicall.media import MediaPath
+from centralita.aicall.metrics import AicallMetrics
+from centralita.aicall.provider import (
+    AudioOut,
+    Disconnected,
+    FunctionCall,
+    HistoryLine,
+    ModelError,
+    ModelEvent,
+    ModelSession,
+    ModelUnavailable,
+    ResponseDone,
+    ResponseStarted,
+    SpeechStarted,
+    SpeechStopped,
+    Transcript,
+)
+from centralita.aicall.realtime import HARMLESS_ERRORS
+from centralita.aicall.record import CallRecord, TranscriptLine, TurnRecord, UsageRecord
+from centralita.aicall.tools.base import Tool, ToolBox, ToolOutcome
+
+log = logging.getLogger("centralita.aicall.session")
+
+CUE_PREFIX = "local-cue-"
+TRANSFER_TOOL = "transfer_to_human"
+END_TOOL = "end_call"
+
+
+class CallControl(Protocol):
+    """What the session may do to the call in Asterisk (ARI in production)."""
+
+    async def transfer(self, target: str) -> None: ...
+
+    async def hangup(self) -> None: ...
+
+    async def play_apology(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    progress_phrase: str = "Un momento, por favor."
+    progress_delay: float = 1.5
+    progress_repeat: float = 8.0
+    cue_after: float = 2.0  # seconds of silence while waiting before the soft cue plays
+    reconnect_window: float = 5.0
+    connect_timeout: float = 5.0
+    transfer_target: str | None = None
+    greet: bool = True
+    drain_timeout: float = 10.0
+    max_call_seconds: float = 3300.0  # a Realtime session lasts at most 60 minutes
+    reconnect_instructions: str = (
+        "La conexión se interrumpió un instante. Discúlpate en una frase corta y continúa donde ibas."
+    )
+
+
+def call_tools(transfer_target: str | None) -> list[Tool]:
+    """``transfer_to_human`` and ``end_call``: the session acts on them after the reply is spoken."""
+
+    async def accepted(args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True}
+
+    tools = [
+        Tool(
+            END_TOOL,
+            "End the call after saying goodbye, when the caller has what they needed or asks to hang up.",
+            {"type": "object", "properties": {"reason": {"type": "string"}}, "additionalProperties": False},
+            accepted,
+            timeout=2,
+        )
+    ]
+    if transfer_target:
+        tools.append(
+            Tool(
+                TRANSFER_TOOL,
+                "Transfer the caller to a human agent: when they ask for a person, when the problem needs a "
+                "technician, or when you cannot help.",
+                {"type": "object", "properties": {"reason": {"type": "string"}}, "additionalProperties": False},
+                accepted,
+                timeout=2,
+            )
+        )
+    return tools
+
+
+class CallSession:
+    def __init__(
+        self,
+        *,
+        record: CallRecord,
+        media: MediaPath,
+        model: ModelSession,
+        tools: ToolBox,
+        control: CallControl,
+        policy: CallPolicy,
+        metrics: AicallMetrics,
+    ) -> None:
+        self.record = record
+        self.media = media
+        self.model = model
+        self.tools = tools
+        self.control = control
+        self.policy = policy
+        self.metrics = metrics
+        self.name = record.call_id
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tool_tasks: dict[str, asyncio.Task[ToolOutcome]] = {}
+        self._calls_of: dict[str, list[tuple[str, str]]] = {}
+        self._end = asyncio.Event()
+        self._end_reason = ""
+        self._waiting: set[str] = set()
+        self._progress_responses: set[str] = set()
+        self._item_response: dict[str, str] = {}
+        self._cancelled_items: set[str] = set()
+        self._active_response: str | None = None
+        self._turn: TurnRecord | None = None
+        self._turn_started = 0.0
+        self._pending_action: tuple[str, str | None] | None = None
+        self._action_spoken = False
+        self._reconnecting = False
+        self._history: list[HistoryLine] = []
+        self._cue_ids = itertools.count(1)
+        self._idle_since = time.monotonic()
+        self._cue = (
+            g711.tone(120, media.law, 660, 1500) + g711.silence(media.law, 4) + g711.tone(120, media.law, 660, 1500)
+        )
+
+    # lifecycle ---------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{name}-{self.name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("call %s: task %s failed", self.name, task.get_name(), exc_info=task.exception())
+            self.end("error")
+
+    def end(self, reason: str) -> None:
+        """Ask the call to finish; the first reason given is the one recorded."""
+        if not self._end_reason:
+            self._end_reason = reason
+        self._end.set()
+
+    def caller_hung_up(self) -> None:
+        self.end("caller_hangup")
+
+    @property
+    def ended(self) -> bool:
+        return self._end.is_set()
+
+    async def run(self) -> CallRecord:
+        """Drive the call until it ends; always releases everything it opened."""
+        self.metrics.active_calls.inc()
+        self.record.media_kind = self.media.kind
+        self.media.on_audio(self._caller_audio)
+        self.media.on_item_start(self._item_started)
+        try:
+            try:
+                await asyncio.wait_for(self.model.connect(), self.policy.connect_timeout)
+            except (ModelUnavailable, TimeoutError) as exc:
+                log.error("call %s: model unavailable: %s", self.name, exc)
+                self.metrics.realtime_errors.inc(code="connect_failed")
+                await self._fallback("model_unavailable")
+            else:
+                if self.policy.greet:
+                    await self.model.respond()
+                self._spawn(self._conversation(), "conversation")
+                self._spawn(self._fill_silence(), "cue")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._end.wait(), self.policy.max_call_seconds)
+                if not self._end.is_set():
+                    await self._fallback("max_duration")
+        finally:
+            await self._close()
+        return self.record
+
+    async def _close(self) -> None:
+        tasks = list(self._tasks) + list(self._tool_tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.model.close()
+        await self.media.close()
+        self.record.end_reason = self._end_reason or "caller_hangup"
+        self.record.ended_at = time.time()
+        self.metrics.active_calls.dec()
+        self.metrics.calls.inc(reason=self.record.end_reason)
+
+    async def _fallback(self, reason: str) -> None:
+        """The model is gone: apologise with a recorded prompt, then a human or a hang-up."""
+        try:
+            await self.control.play_apology()
+            if self.policy.transfer_target:
+                await self.control.transfer(self.policy.transfer_target)
+                self.record.transferred_to = self.policy.transfer_target
+                self.end(f"{reason}_transferred")
+            else:
+                await self.control.hangup()
+                self.end(reason)
+        except Exception:  # the caller may have gone meanwhile; the call still ends cleanly
+            log.exception("call %s: fallback after %s failed", self.name, reason)
+            self.end(reason)
+
+    # the model's events ---------------------------------------------------------
+
+    async def _conversation(self) -> None:
+        while not self._end.is_set():
+            async for event in self.model.events():
+                await self._handle(event)
+            if self._end.is_set():
+                return
+            if not await self._reconnect():
+                await self._fallback("model_lost")
+                return
+
+    async def _reconnect(self) -> bool:
+        self._reconnecting = True
+        self._waiting.add("reconnect")
+        self.record.reconnects += 1
+        self.media.flush()
+        for call_id, task in list(self._tool_tasks.items()):
+            task.cancel()
+            self._tool_tasks.pop(call_id, None)
+        self._calls_of.clear()
+        self._active_response = None
+        deadline = time.monotonic() + self.policy.reconnect_window
+        delay = 0.2
+        try:
+            while time.monotonic() < deadline:
+                remaining = deadline - time.monotonic()
+                try:
+                    await asyncio.wait_for(
+                        self.model.connect(history=list(self._history)), min(remaining, self.policy.connect_timeout)
+                    )
+                except (ModelUnavailable, TimeoutError) as exc:
+                    log.warning("call %s: model reconnect failed: %s", self.name, exc)
+                    await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                    delay = min(delay * 2, 1.0)
+                    continue
+                self.metrics.reconnects.inc(outcome="restored")
+                log.info("call %s: model socket restored with %d lines of history", self.name, len(self._history))
+                await self.model.respond(self.policy.reconnect_instructions)
+                return True
+            self.metrics.reconnects.inc(outcome="failed")
+            return False
+        finally:
+            self._reconnecting = False
+            self._waiting.discard("reconnect")
+
+    async def _handle(self, event: ModelEvent) -> None:
+        if isinstance(event, AudioOut):
+            if event.item_id in self._cancelled_items:
+                return
+            self._item_response.setdefault(event.item_id, event.response_id)
+            self.media.play(event.audio, event.item_id)
+        elif isinstance(event, SpeechStarted):
+            self._barge_in()
+        elif isinstance(event, SpeechStopped):
+            self._turn = TurnRecord(time.time())
+            self._turn_started = time.monotonic()
+            self.record.turns.append(self._turn)
+        elif isinstance(event, Transcript):
+            self._transcript(event)
+        elif isinstance(event, ResponseStarted):
+            if event.progress:
+                self._progress_responses.add(event.response_id)
+            else:
+                self._active_response = event.response_id
+        elif isinstance(event, FunctionCall):
+            self._start_tool(event)
+        elif isinstance(event, ResponseDone):
+            self._response_done(event)
+        elif isinstance(event, ModelError):
+            self.metrics.realtime_errors.inc(code=event.code)
+            if event.code not in HARMLESS_ERRORS:
+                log.warning("call %s: model error %s: %s", self.name, event.code, event.message)
+        elif isinstance(event, Disconnected):
+            if not self._end.is_set():
+                log.warning("call %s: model socket dropped: %s", self.name, event.reason)
+
+    def _caller_audio(self, audio: bytes) -> None:
+        if not self._reconnecting:
+            self.model.send_audio(audio)
+
+    def _item_started(self, item_id: str, at: float) -> None:
+        if item_id.startswith(CUE_PREFIX):
+            return
+        turn = self._turn
+        if turn is not None and turn.first_audio_at is None:
+            latency = at - self._turn_started
+            turn.first_audio_at = time.time()
+            turn.latency_ms = round(latency * 1000)
+            self.metrics.first_audio.observe(latency)
+
+    def _barge_in(self) -> None:
+        played = self.media.flush()
+        item = played.item_id
+        if item is None or item.startswith(CUE_PREFIX):
+            return
+        response = self._item_response.get(item)
+        if response in self._progress_responses:
+            return  # out-of-band phrases are not in the conversation: nothing to truncate
+        still_going = response is not None and response == self._active_response
+        if played.dropped_ms <= 0 and not still_going:
+            return  # the reply had been heard in full
+        self._cancelled_items.add(item)
+        self.metrics.barge_ins.inc()
+        if self.record.turns:
+            self.record.turns[-1].interrupted = True
+            self.record.turns[-1].played_ms = played.played_ms
+        log.info(
+            "call %s: barge-in, %s heard %d ms, dropped %d ms", self.name, item, played.played_ms, played.dropped_ms
+        )
+        self._spawn(self.model.truncate(item, played.played_ms), "truncate")
+
+    def _transcript(self, event: Transcript) -> None:
+        progress = event.response_id in self._progress_responses if event.response_id else False
+        text = event.text.strip()
+        if not text:
+            return
+        self.record.transcript.append(TranscriptLine(event.role, text, time.time(), event.item_id, progress))
+        if not progress and event.item_id not in self._cancelled_items:
+            self._history.append(HistoryLine(event.role, text))
+
+    # tools -------------------------------------------------------------------------
+
+    def _start_tool(self, call: FunctionCall) -> None:
+        self._calls_of.setdefault(call.response_id, []).append((call.call_id, call.name))
+        if call.name == TRANSFER_TOOL and self.policy.transfer_target:
+            self._pending_action = ("transfer", self.policy.transfer_target)
+        elif call.name == END_TOOL:
+            self._pending_action = ("hangup", None)
+        task = asyncio.get_running_loop().create_task(
+            self.tools.run(call.name, call.arguments), name=f"tool-{call.name}-{self.name}"
+        )
+        self._tool_tasks[call.call_id] = task
+        self._waiting.add(call.call_id)
+        self._spawn(self._progress(task), "progress")
+
+    async def _progress(self, task: asyncio.Task[ToolOutcome]) -> None:
+        """Say the short phrase while a tool is slow, again every ``progress_repeat`` seconds."""
+        delay = self.policy.progress_delay
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=delay)
+            if done:
+                return
+            await self.model.say_progress(f'Di solamente, en tono amable y breve: "{self.policy.progress_phrase}"')
+            delay = self.policy.progress_repeat
+
+    def _response_done(self, event: ResponseDone) -> None:
+        if event.usage:
+            self.record.usage.append(UsageRecord(event.response_id, time.time(), event.usage))
+        if event.progress:
+            return
+        if self._active_response == event.response_id:
+            self._active_response = None
+        calls = self._calls_of.pop(event.response_id, [])
+        if calls:
+            self._spawn(self._submit(calls), "submit")
+        elif self._pending_action is not None and self._action_spoken and event.status == "completed":
+            action, self._pending_action = self._pending_action, None
+            self._spawn(self._act(action), "action")
+
+    async def _submit(self, calls: list[tuple[str, str]]) -> None:
+        """After the function call's response is done: every output, then one new response."""
+        for call_id, name in calls:
+            task = self._tool_tasks.get(call_id)
+            if task is None:
+                continue
+            try:
+                outcome = await task
+            finally:
+                self._tool_tasks.pop(call_id, None)
+                self._waiting.discard(call_id)
+            self.record.tools.append(outcome)
+            self.metrics.tool_seconds.observe(outcome.duration, tool=name, outcome=outcome.outcome)
+            log.info("call %s: tool %s %s in %.2f s", self.name, name, outcome.outcome, outcome.duration)
+            await self.model.tool_result(call_id, outcome.output)
+        if self._pending_action is not None:
+            self._action_spoken = True
+        await self.model.respond()
+
+    async def _act(self, action: tuple[str, str | None]) -> None:
+        """Transfer or hang up once the farewell has been played to the caller."""
+        deadline = time.monotonic() + self.policy.drain_timeout
+        while self.media.queued_ms > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 - polled at the frame clock
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # the last frames are in flight toward the caller
+        kind, target = action
+        if kind == "transfer" and target:
+            await self.control.transfer(target)
+            self.record.transferred_to = target
+            self.end("transferred")
+        else:
+            await self.control.hangup()
+            self.end("assistant_hangup")
+
+    # silence -------------------------------------------------------------------------
+
+    async def _fill_silence(self) -> None:
+        """While a tool runs or the model reconnects, a soft cue breaks any silence over ``cue_after``."""
+        while True:
+            await asyncio.sleep(0.1)
+            now = time.monotonic()
+            if self.media.queued_ms > 0 or not self._waiting:
+                self._idle_since = now
+                continue
+            if now - self._idle_since >= self.policy.cue_after:
+                self.media.play(self._cue, f"{CUE_PREFIX}{next(self._cue_ids)}")
+                self._idle_since = now

@@ -1,0 +1,200 @@
+"""Call records to MariaDB, with an on-disk spool so no call is lost while the database is away.
+
+A record is written in one transaction when the call ends. If that fails, it goes
+to ``<spool>/<call>.json`` (written to a temporary name, then renamed, so a crash
+never leaves half a file) and a background task retries the spool until MariaDB
+answers again. Replaying a record that was in fact written is harmless: the call's
+UniqueID is unique, and a duplicate is recognised and its spool file removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import statistics
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pymysql
+
+from centralita.aicall.metrics import AicallMetrics
+from centralita.aicall.record import CallRecord
+from centralita.db import DbSettings, connect
+
+log = logging.getLogger("centralita.aicall.store")
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC).replace(tzinfo=None)
+
+
+def write_record(settings: DbSettings, record: CallRecord) -> int:
+    """Insert one call with its lines, tool calls, turns and usage; returns aicall_calls.id (blocking)."""
+    latencies = [t.latency_ms for t in record.turns if t.latency_ms is not None]
+    conn = connect(settings, autocommit=False, dict_rows=False)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT id FROM aicall_calls WHERE call_uid = %s", (record.call_id,))
+            existing = cur.fetchone()
+            if existing:
+                conn.rollback()
+                return int(existing[0])
+            cur.execute(
+                "INSERT INTO aicall_calls (call_uid, channel, caller, did, started_at, answered_at, ended_at,"
+                " end_reason, transferred_to, recording_path, media, model, reconnects, input_tokens,"
+                " output_tokens, total_tokens, latency_p50_ms, latency_max_ms)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    record.call_id,
+                    record.channel_name[:255],
+                    record.caller[:80],
+                    record.did[:80],
+                    _ts(record.started_at),
+                    _ts(record.answered_at),
+                    _ts(record.ended_at),
+                    record.end_reason[:40],
+                    record.transferred_to,
+                    record.recording_path,
+                    record.media_kind,
+                    record.model[:80],
+                    record.reconnects,
+                    record.total("input_tokens"),
+                    record.total("output_tokens"),
+                    record.total("total_tokens"),
+                    round(statistics.median(latencies)) if latencies else None,
+                    max(latencies) if latencies else None,
+                ),
+            )
+            call_id = cur.lastrowid
+            cur.executemany(
+                "INSERT INTO aicall_transcript (call_id, seq, role, spoken_at, text, progress, item_id)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (call_id, seq, line.role, _ts(line.at), line.text, int(line.progress), line.item_id[:64])
+                    for seq, line in enumerate(record.transcript, start=1)
+                ],
+            )
+            cur.executemany(
+                "INSERT INTO aicall_tool_calls (call_id, seq, name, arguments, result, outcome, started_at,"
+                " duration_ms) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (
+                        call_id,
+                        seq,
+                        tool.name[:64],
+                        tool.arguments if isinstance(tool.arguments, str) else json.dumps(tool.arguments),
+                        json.dumps(tool.result, ensure_ascii=False),
+                        tool.outcome,
+                        _ts(tool.started),
+                        round(tool.duration * 1000),
+                    )
+                    for seq, tool in enumerate(record.tools, start=1)
+                ],
+            )
+            cur.executemany(
+                "INSERT INTO aicall_turns (call_id, seq, speech_stopped_at, first_audio_at, latency_ms,"
+                " interrupted, played_ms) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (
+                        call_id,
+                        seq,
+                        _ts(turn.speech_stopped_at),
+                        _ts(turn.first_audio_at),
+                        turn.latency_ms,
+                        int(turn.interrupted),
+                        turn.played_ms,
+                    )
+                    for seq, turn in enumerate(record.turns, start=1)
+                ],
+            )
+            cur.executemany(
+                "INSERT IGNORE INTO aicall_usage (call_id, response_id, done_at, input_tokens, output_tokens,"
+                " total_tokens, input_audio_tokens, input_text_tokens, input_cached_tokens, output_audio_tokens,"
+                " output_text_tokens) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (
+                        call_id,
+                        usage.response_id[:64],
+                        _ts(usage.at),
+                        usage.tokens("input_tokens"),
+                        usage.tokens("output_tokens"),
+                        usage.tokens("total_tokens"),
+                        usage.detail("input", "audio_tokens"),
+                        usage.detail("input", "text_tokens"),
+                        usage.detail("input", "cached_tokens"),
+                        usage.detail("output", "audio_tokens"),
+                        usage.detail("output", "text_tokens"),
+                    )
+                    for usage in record.usage
+                ],
+            )
+        conn.commit()
+        return int(call_id)
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.close()
+
+
+class CallStore:
+    def __init__(self, settings: DbSettings, spool_dir: Path, metrics: AicallMetrics) -> None:
+        self.settings = settings
+        self.spool_dir = spool_dir
+        self.metrics = metrics
+
+    async def save(self, record: CallRecord) -> bool:
+        """True when the record reached MariaDB; False when it waits in the spool."""
+        try:
+            await asyncio.to_thread(write_record, self.settings, record)
+            return True
+        except pymysql.MySQLError as exc:
+            log.error("call %s: database write failed (%s); keeping the record in the spool", record.call_id, exc)
+        await asyncio.to_thread(self._spool, record)
+        self.metrics.records_spooled.inc()
+        return False
+
+    def _spool(self, record: CallRecord) -> None:
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in record.call_id)
+        final = self.spool_dir / f"{safe}.json"
+        temp = final.with_suffix(".tmp")
+        with open(temp, "w", encoding="utf-8") as handle:
+            json.dump(record.to_json(), handle, ensure_ascii=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, final)
+
+    def _replay_blocking(self) -> int:
+        written = 0
+        if not self.spool_dir.is_dir():
+            return 0
+        for path in sorted(self.spool_dir.glob("*.json")):
+            try:
+                record = CallRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
+            except (ValueError, TypeError) as exc:
+                log.error("spool file %s is unreadable (%s); moved aside", path, exc)
+                path.rename(path.with_suffix(".bad"))
+                continue
+            write_record(self.settings, record)  # raises while MariaDB is still away
+            path.unlink()
+            written += 1
+        return written
+
+    async def replay(self) -> int:
+        """Write spooled records; stops at the first database error (they stay for the next try)."""
+        try:
+            written = await asyncio.to_thread(self._replay_blocking)
+        except pymysql.MySQLError as exc:
+            log.warning("spooled call records still waiting for the database: %s", exc)
+            return 0
+        if written:
+            log.info("wrote %d spooled call records", written)
+        return written
+
+    async def replay_forever(self, interval: float = 30.0) -> None:
+        while True:
+            await self.replay()
+            await asyncio.sleep(interval)

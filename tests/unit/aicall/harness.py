@@ -1,0 +1,101 @@
+"""In-process stand-in for Asterisk's side of an externalMedia RTP leg.
+
+A UDP socket on 127.0.0.1 plays the caller: it sends the caller's speech as paced
+RTP (a tone for speech, digital silence otherwise) and records every packet the
+agent sends back with its arrival time, so tests measure what a caller would hear:
+frame gaps, non-silent audio, and when it started and stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+from centralita.aicall import g711
+from centralita.aicall.rtp import PAYLOAD_TYPES, RtpPacket
+
+
+@dataclass
+class Arrival:
+    at: float
+    packet: RtpPacket
+
+    @property
+    def loud(self) -> bool:
+        return g711.rms(self.packet.payload, "ulaw") > 300
+
+
+@dataclass
+class RtpPeer(asyncio.DatagramProtocol):
+    law: str = "ulaw"
+    arrivals: list[Arrival] = field(default_factory=list)
+    transport: asyncio.DatagramTransport | None = None
+    agent: tuple[str, int] | None = None
+    _sender: asyncio.Task[None] | None = None
+    _script: asyncio.Queue[tuple[bool, int]] = field(default_factory=asyncio.Queue)
+    sent_loud_until: float = 0.0
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.arrivals.append(Arrival(time.perf_counter(), RtpPacket.decode(data)))
+
+    async def start(self, agent: tuple[str, int]) -> tuple[str, int]:
+        self.agent = agent
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
+        self._sender = loop.create_task(self._send_loop())
+        return self.transport.get_extra_info("sockname")[:2]
+
+    def say(self, ms: int) -> None:
+        """The caller speaks for ``ms`` milliseconds (then silence again)."""
+        self._script.put_nowait((True, ms))
+
+    async def _send_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        sequence, timestamp, due = 1, 0, loop.time()
+        speech = b""
+        silence = g711.silence(self.law)
+        while True:
+            if not speech and not self._script.empty():
+                _, ms = self._script.get_nowait()
+                speech = g711.tone(ms, self.law, 220, 9000)
+            frame, speech = (speech[:160], speech[160:]) if speech else (silence, b"")
+            if len(frame) < 160:
+                frame += silence[: 160 - len(frame)]
+            packet = RtpPacket(PAYLOAD_TYPES[self.law], sequence, timestamp, 0x1234, frame)
+            self.transport.sendto(packet.encode(), self.agent)
+            sequence, timestamp = sequence + 1, timestamp + 160
+            due += 0.02
+            await asyncio.sleep(max(0.0, due - loop.time()))
+
+    async def close(self) -> None:
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+        if self.transport is not None:
+            self.transport.close()
+
+    def gaps_ms(self, since: float = 0.0, until: float = float("inf")) -> list[float]:
+        times = [a.at for a in self.arrivals if since <= a.at <= until]
+        return [(b - a) * 1000 for a, b in zip(times, times[1:], strict=False)]
+
+    def loud_ms(self, since: float = 0.0) -> int:
+        return sum(20 for a in self.arrivals if a.at >= since and a.loud)
+
+
+@dataclass
+class RecordingControl:
+    """Call control for in-process tests: records what the session asked Asterisk to do."""
+
+    actions: list[tuple[str, str | None]] = field(default_factory=list)
+
+    async def transfer(self, target: str) -> None:
+        self.actions.append(("transfer", target))
+
+    async def hangup(self) -> None:
+        self.actions.append(("hangup", None))
+
+    async def play_apology(self) -> None:
+        self.actions.append(("apology", None))
