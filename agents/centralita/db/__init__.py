@@ -23,6 +23,8 @@ import pymysql.cursors
 
 from centralita.config import port, setting
 
+COLLATION = "utf8mb4_unicode_ci"
+
 __all__ = ["DbSettings", "connect", "connection", "db_settings_of", "describe_target"]
 
 
@@ -68,6 +70,9 @@ def connect(settings: DbSettings, *, autocommit: bool = True, dict_rows: bool = 
         "password": settings.db_password,
         "database": settings.db_name,
         "charset": "utf8mb4",
+        # The schema's collation: literals and CASTs then compare with columns without "illegal mix" errors,
+        # whatever the server's default is (MariaDB 11.x defaults to uca1400).
+        "collation": COLLATION,
         "autocommit": autocommit,
         "connect_timeout": settings.db_connect_timeout,
         "read_timeout": settings.db_read_timeout,

@@ -93,7 +93,8 @@ def split_statements(sql: str) -> list[Statement]:
         if ch == "#" or (sql.startswith("--", i) and (i + 2 >= n or sql[i + 2] in " \t\r\n")):
             end = sql.find("\n", i)
             end = n if end == -1 else end
-            buf.append(sql[i:end])
+            if has_code:  # comments before a statement are not part of it
+                buf.append(sql[i:end])
             i = end
             continue
         if sql.startswith("/*", i):
@@ -107,7 +108,8 @@ def split_statements(sql: str) -> list[Statement]:
                     start_line = line
                 has_code = True
             line += chunk.count("\n")
-            buf.append(chunk)
+            if has_code:
+                buf.append(chunk)
             i = end + 2
             continue
         if sql.startswith(delimiter, i):

@@ -66,7 +66,7 @@ def create_app(settings: PanelSettings | None = None, *, env_file: str | Path | 
     @app.before_request
     def _before() -> None:
         g.user = None
-        if request.blueprint == "api" or request.endpoint == "static":
+        if _is_api() or request.endpoint == "static":
             return
         seeder.ensure()
         load_current_user()
@@ -74,25 +74,30 @@ def create_app(settings: PanelSettings | None = None, *, env_file: str | Path | 
     @app.after_request
     def _no_store(response):  # type: ignore[no-untyped-def]
         # Pages show tenant data: never let a shared proxy or the browser's back button keep them.
-        if request.blueprint != "api" and response.mimetype == "text/html":
+        if not _is_api() and response.mimetype == "text/html":
             response.headers.setdefault("Cache-Control", "no-store")
         return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):  # type: ignore[no-untyped-def]
-        if request.blueprint == "api":
+        if _is_api():
             return {"error": exc.name, "message": exc.description}, exc.code
         return render_template("error.html", error=exc), exc.code
 
     @app.errorhandler(pymysql.MySQLError)
     def _db_error(exc: pymysql.MySQLError):  # type: ignore[no-untyped-def]
         log.error("database error on %s %s: %s", request.method, request.path, exc)
-        if request.blueprint == "api":
+        if _is_api():
             return {"error": "Service Unavailable", "message": "the database is not reachable"}, 503
         return render_template("error.html", error=None, message="The database is not reachable right now."), 503
 
     seeder.ensure()
     return app
+
+
+def _is_api() -> bool:
+    """API requests get JSON errors and no session handling, matched or not (a 404 has no blueprint)."""
+    return request.path == "/api/v1" or request.path.startswith("/api/")
 
 
 class _AdminSeeder:
