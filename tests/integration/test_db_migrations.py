@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pymysql
@@ -352,3 +353,23 @@ def test_upgrade_as_user_without_create_privilege_fails_clearly(mariadb_server, 
     finally:
         with mariadb_server.root_connection() as root, root.cursor() as cur:
             cur.execute("DROP USER IF EXISTS 'limited'@'localhost'")
+
+
+def test_two_upgrades_at_once_apply_each_migration_exactly_once(fresh_db: DbSettings) -> None:
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with connect(fresh_db) as conn:
+                results.append([m.filename for m in upgrade(conn, SHIPPED)])
+        except BaseException as exc:  # collected and re-raised in the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    assert sorted(results, key=len) == [[], [m.filename for m in SHIPPED]]
