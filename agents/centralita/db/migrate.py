@@ -15,6 +15,7 @@ the same ``upgrade`` finishes the job.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -22,7 +23,7 @@ import importlib.resources
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pymysql
@@ -230,20 +231,18 @@ def upgrade(
         return done
 
 
-class _migration_lock:
-    def __init__(self, conn: pymysql.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> None:
-        with self.conn.cursor() as cur:
-            cur.execute("SELECT GET_LOCK(%s, %s) AS got", (LOCK_NAME, LOCK_TIMEOUT_S))
-            (got,) = _row(cur.fetchone(), ("got",))
-        if got != 1:
-            raise MigrationError(f"another `db upgrade` holds the migration lock for more than {LOCK_TIMEOUT_S} s")
-
-    def __exit__(self, *exc: object) -> None:
+@contextlib.contextmanager
+def _migration_lock(conn: pymysql.Connection) -> Iterator[None]:
+    with conn.cursor() as cur:
+        cur.execute("SELECT GET_LOCK(%s, %s) AS got", (LOCK_NAME, LOCK_TIMEOUT_S))
+        (got,) = _row(cur.fetchone(), ("got",))
+    if got != 1:
+        raise MigrationError(f"another `db upgrade` holds the migration lock for more than {LOCK_TIMEOUT_S} s")
+    try:
+        yield
+    finally:
         try:
-            with self.conn.cursor() as cur:
+            with conn.cursor() as cur:
                 cur.execute("SELECT RELEASE_LOCK(%s)", (LOCK_NAME,))
         except pymysql.MySQLError as err:
             # The lock dies with the session anyway; do not hide the original error.
