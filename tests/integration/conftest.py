@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -53,6 +54,7 @@ def _binary(*names: str) -> str:
 @dataclasses.dataclass
 class MariaDbServer:
     datadir: Path
+    rundir: Path
     socket: str
     process: subprocess.Popen
 
@@ -82,7 +84,11 @@ def _start(base: Path) -> MariaDbServer:
     server = _binary("mariadbd", "mysqld")
     datadir = base / "data"
     rundir = base / "run"
-    rundir.mkdir(parents=True)
+    if len(str(rundir)) > 80:
+        # A unix socket path must fit in 108 bytes; pytest's base temp dir can be deep.
+        rundir = Path(tempfile.mkdtemp(prefix="centralita-db-"))
+    else:
+        rundir.mkdir(parents=True)
     socket = str(rundir / "mysqld.sock")
     common = ["--no-defaults"]
     user = ["--user=root"] if os.geteuid() == 0 else []
@@ -121,7 +127,7 @@ def _start(base: Path) -> MariaDbServer:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    instance = MariaDbServer(datadir=datadir, socket=socket, process=process)
+    instance = MariaDbServer(datadir=datadir, rundir=rundir, socket=socket, process=process)
     deadline = time.monotonic() + START_TIMEOUT_S
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -163,6 +169,7 @@ def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDb
         yield instance
     finally:
         _stop(instance)
+        shutil.rmtree(instance.rundir, ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)
 
 
