@@ -41,8 +41,10 @@ APOLOGY_MAX_S = 6.0
 def build_tools(settings: AicallSettings) -> ToolBox:
     tools = call_tools(settings.transfer_extension or None)
     if settings.enable_mikrotik_tools:
+        # a request may last as long as its tool is allowed to; the tool's own timeout stops the wait
+        longest = max(settings.tool_timeout_seconds, settings.ping_timeout_seconds)
         if settings.mikrotik_api_url:
-            backend: Any = HttpApiBackend(settings.mikrotik_api_url, settings.mikrotik_api_token)
+            backend: Any = HttpApiBackend(settings.mikrotik_api_url, settings.mikrotik_api_token, longest)
         else:
             routers = []
             for entry in settings.mikrotik_routers:
@@ -50,7 +52,7 @@ def build_tools(settings: AicallSettings) -> ToolBox:
                 routers.append(
                     Router(name, address, settings.mikrotik_user, settings.mikrotik_password, settings.tls_verify)
                 )
-            backend = RouterOsBackend(routers)
+            backend = RouterOsBackend(routers, longest)
         tools += mikrotik_tools(backend, settings.tool_timeout_seconds, settings.ping_timeout_seconds)
     return ToolBox(tools)
 

@@ -60,6 +60,8 @@ class Script:
     fallback: str = "¿Me lo puede repetir, por favor?"
     fallback_ms: int = 1000
     progress_ms: int = 800  # length of an out-of-band "one moment" phrase
+    resume: str = "Disculpe, se cortó un instante. Sigo con usted."  # a reply to response.create with instructions
+    resume_ms: int = 1000
     drop_after_turns: int | None = None  # close the socket abruptly once, after this many turns
     send_rate: float = 4.0  # reply audio is sent this many times faster than real time
     think_ms: int = 0  # delay before a reply's first audio, as a model's thinking time
@@ -148,6 +150,7 @@ class ConnectionLog:
     headers: dict[str, str]
     received: list[dict[str, Any]] = field(default_factory=list)
     sent_types: list[str] = field(default_factory=list)
+    sent: list[dict[str, Any]] = field(default_factory=list)  # every server event, when record_sent is on
     invalid: list[str] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     pongs_ms: list[float] = field(default_factory=list)
@@ -176,6 +179,7 @@ class FakeRealtime:
         ping_timeout: float = 10.0,
         validate: bool = True,
         require_validation: bool = False,
+        record_sent: bool = False,
     ) -> None:
         self.script = script or Script()
         self.host = host
@@ -186,10 +190,14 @@ class FakeRealtime:
         self.validator = _openai_validator() if validate else None
         if require_validation and self.validator is None:
             raise RuntimeError("the openai package is needed to validate client events")
+        self.record_sent = record_sent
         self.connections: list[ConnectionLog] = []
         self._server: Server | None = None
         self._ids = itertools.count(1)
         self._dropped = False
+        # the script runs across reconnections, as the restored conversation does
+        self.turn_index = 0
+        self.greeted = False
 
     @property
     def url(self) -> str:
@@ -282,8 +290,6 @@ class _Connection:
             },
         }
         self.items: dict[str, _Item] = {}
-        self.turn_index = 0
-        self.greeted = False
         self.buffer_ms = 0
         self.speaking = False
         self.speech_frames = 0
@@ -307,6 +313,8 @@ class _Connection:
     async def send(self, event: dict[str, Any]) -> None:
         event = {"event_id": self.server.new_id("event"), **event}
         self.log.sent_types.append(event["type"])
+        if self.server.record_sent:
+            self.log.sent.append(event)
         await self.ws.send(json.dumps(event))
 
     async def error(self, kind: str, code: str, message: str, event_id: str | None = None, param: str | None = None):
@@ -457,8 +465,10 @@ class _Connection:
             {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": self.buffer_ms, "item_id": item_id}
         )
         await self.send({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
-        scripted = self.script.turns[self.turn_index] if self.turn_index < len(self.script.turns) else None
-        self.turn_index += 1
+        scripted = (
+            self.script.turns[self.server.turn_index] if self.server.turn_index < len(self.script.turns) else None
+        )
+        self.server.turn_index += 1
         text = scripted.transcript if scripted else ""
         self.items[item_id] = _Item(item_id, "user", transcript=text)
         item = {
@@ -482,9 +492,9 @@ class _Connection:
                 }
             )
         drop = self.script.drop_after_turns
-        if drop is not None and self.turn_index >= drop and not self.server._dropped:
+        if drop is not None and self.server.turn_index >= drop and not self.server._dropped:
             self.server._dropped = True
-            log.info("stand-in: dropping the connection after turn %d as scripted", self.turn_index)
+            log.info("stand-in: dropping the connection after turn %d as scripted", self.server.turn_index)
             self.ws.transport.abort()
             return
         if turn.get("create_response", True):
@@ -530,9 +540,11 @@ class _Connection:
             turn = self.open_calls.pop(self.outputs_waiting[-1], None)
             self.outputs_waiting.clear()
             plan = (turn.after_tool, turn.after_tool_ms, None) if turn else (self.script.fallback, 1000, None)
-        elif not self.greeted:
-            self.greeted = True
+        elif not self.server.greeted:
+            self.server.greeted = True
             plan = (self.script.greeting, self.script.greeting_ms, None)
+        elif params.get("instructions"):
+            plan = (self.script.resume, self.script.resume_ms, None)
         else:
             plan = (self.script.fallback, self.script.fallback_ms, None)
         self._start_response(plan, conversation=not out_of_band, metadata=params.get("metadata"))

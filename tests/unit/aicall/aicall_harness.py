@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -79,7 +80,7 @@ class RtpPeer(asyncio.DatagramProtocol):
 
     def gaps_ms(self, since: float = 0.0, until: float = float("inf")) -> list[float]:
         times = [a.at for a in self.arrivals if since <= a.at <= until]
-        return [(b - a) * 1000 for a, b in zip(times, times[1:], strict=False)]
+        return [(b - a) * 1000 for a, b in itertools.pairwise(times)]
 
     def loud_ms(self, since: float = 0.0) -> int:
         return sum(20 for a in self.arrivals if a.at >= since and a.loud)

@@ -1,0 +1,132 @@
+"""G.711, RTP packets and the 20 ms pacer, measured at a UDP peer on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import statistics
+import time
+
+import pytest
+from aicall_harness import RtpPeer
+from centralita.aicall import g711
+from centralita.aicall.rtp import Pacer, RtpError, RtpMedia, RtpPacket
+
+
+@pytest.mark.parametrize("law", ["ulaw", "alaw"])
+def test_g711_round_trip_keeps_samples_within_companding_error(law: str) -> None:
+    samples = [0, 1, -1, 100, -100, 1000, -1000, 8000, -8000, 32000, -32000]
+    decoded = g711.decode(g711.encode(samples, law), law)
+    for original, back in zip(samples, decoded, strict=True):
+        assert abs(original - back) <= max(16, abs(original) // 16)
+
+
+def test_g711_silence_is_the_code_of_zero_and_a_tone_is_loud() -> None:
+    assert g711.silence("ulaw") == b"\xff" * 160
+    assert g711.silence("alaw") == b"\xd5" * 160
+    assert g711.rms(g711.silence("ulaw"), "ulaw") == 0
+    assert g711.rms(g711.tone(100, "alaw"), "alaw") > 5000
+    assert g711.duration_ms(g711.tone(240, "ulaw")) == 240
+
+
+def test_rtp_packet_round_trip_and_header_extensions() -> None:
+    packet = RtpPacket(0, 65535, 2**32 - 160, 0xDEADBEEF, b"\x01" * 160, marker=True)
+    assert RtpPacket.decode(packet.encode()) == packet
+    raw = bytearray(packet.encode())
+    raw[0] |= 0x10 | 0x01  # one CSRC and a header extension of one word
+    data = bytes(raw[:12]) + b"\x00" * 4 + b"\xbe\xde\x00\x01" + b"\x00" * 4 + packet.payload
+    assert RtpPacket.decode(data).payload == packet.payload
+
+
+@pytest.mark.parametrize("data", [b"", b"\x80\x00", b"\x40" + b"\x00" * 20])
+def test_rtp_decode_rejects_what_is_not_rtp_v2(data: bytes) -> None:
+    with pytest.raises(RtpError):
+        RtpPacket.decode(data)
+
+
+async def _paced_stream(seconds: float, play_ms: int) -> tuple[RtpPeer, RtpMedia, Pacer]:
+    pacer = Pacer()
+    media = RtpMedia("ulaw", pacer)
+    await media.start()
+    peer = RtpPeer()
+    media.set_remote(*await peer.start(media.local))
+    media.play(g711.tone(play_ms, "ulaw"), "item_1")
+    await asyncio.sleep(seconds)
+    return peer, media, pacer
+
+
+def test_pacer_sends_one_frame_every_20_ms_without_bursts_or_gaps() -> None:
+    async def scenario() -> tuple[list[float], list[RtpPacket]]:
+        peer, media, pacer = await _paced_stream(3.0, 1000)
+        await media.close()
+        await pacer.close()
+        await peer.close()
+        return peer.gaps_ms(), [a.packet for a in peer.arrivals]
+
+    gaps, packets = asyncio.run(scenario())
+    assert 140 <= len(packets) <= 152  # 3 s at 50 packets per second
+    steady = gaps[5:]
+    assert statistics.median(steady) == pytest.approx(20, abs=1.0)
+    assert max(steady) < 60, "no silence gap toward the caller"
+    assert min(steady) > 5, "no burst of frames"
+    sequences = [p.sequence for p in packets]
+    assert all((b - a) % 65536 == 1 for a, b in itertools.pairwise(sequences))
+    stamps = [p.timestamp for p in packets]
+    assert all((b - a) % 2**32 == 160 for a, b in itertools.pairwise(stamps))
+
+
+def test_reply_audio_then_silence_with_marker_on_the_talkspurt() -> None:
+    async def scenario() -> list[RtpPacket]:
+        peer, media, pacer = await _paced_stream(1.5, 500)
+        assert media.played_ms("item_1") == 500
+        await media.close()
+        await pacer.close()
+        await peer.close()
+        return [a.packet for a in peer.arrivals]
+
+    packets = asyncio.run(scenario())
+    loud = [g711.rms(p.payload, "ulaw") > 1000 for p in packets]
+    assert sum(loud) == 25  # 500 ms of reply, nothing lost or doubled
+    first = loud.index(True)
+    assert packets[first].marker and not any(p.marker for p in packets[first + 1 :])
+    assert not any(loud[first + 25 :]), "silence after the reply"
+
+
+def test_flush_drops_queued_audio_at_once_and_reports_what_was_played() -> None:
+    async def scenario() -> tuple[int, int, float, list[tuple[float, bool]]]:
+        peer, media, pacer = await _paced_stream(0.5, 5000)
+        played = media.flush()
+        flushed_at = time.perf_counter()
+        await asyncio.sleep(0.3)
+        await media.close()
+        await pacer.close()
+        await peer.close()
+        return played.played_ms, played.dropped_ms, flushed_at, [(a.at, a.loud) for a in peer.arrivals]
+
+    played_ms, dropped_ms, flushed_at, arrivals = asyncio.run(scenario())
+    assert 400 <= played_ms <= 560
+    assert played_ms + dropped_ms == 5000
+    late_loud = [at for at, loud in arrivals if loud and at > flushed_at + 0.005]
+    assert late_loud == [], "no reply audio after the flush"
+
+
+def test_rtp_media_learns_the_peer_and_delivers_the_callers_audio() -> None:
+    async def scenario() -> tuple[int, tuple[str, int] | None, tuple[str, int]]:
+        pacer = Pacer()
+        media = RtpMedia("ulaw", pacer)
+        received: list[bytes] = []
+        media.on_audio(received.append)
+        await media.start()
+        peer = RtpPeer()
+        peer_address = await peer.start(media.local)
+        peer.say(200)
+        await asyncio.sleep(0.5)
+        remote = media.remote
+        await media.close()
+        await pacer.close()
+        await peer.close()
+        return sum(1 for chunk in received if g711.rms(chunk, "ulaw") > 1000), remote, peer_address
+
+    loud_frames, remote, peer_address = asyncio.run(scenario())
+    assert loud_frames == 10
+    assert remote == peer_address

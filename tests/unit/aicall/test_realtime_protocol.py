@@ -1,0 +1,222 @@
+"""The Realtime GA protocol as the agent speaks it, checked against the stand-in and openai's models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from centralita.aicall import g711
+from centralita.aicall.provider import (
+    AudioOut,
+    FunctionCall,
+    HistoryLine,
+    ModelError,
+    ModelUnavailable,
+    ResponseDone,
+    SessionConfig,
+    SpeechStarted,
+    SpeechStopped,
+    ToolSpec,
+    Transcript,
+)
+from centralita.aicall.realtime import RealtimeSession, history_items, session_update
+from centralita.fakes.realtime import FakeRealtime, Script, Turn
+from conftest import CLIENT_EVENTS, run
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+CONFIG = SessionConfig(
+    "Eres un asistente.",
+    "marin",
+    "alaw",
+    tools=(
+        ToolSpec("find_customer", "Find a customer", {"type": "object", "properties": {"phone": {"type": "string"}}}),
+    ),
+    vad_idle_timeout_ms=8000,
+)
+
+
+def test_session_update_is_the_ga_shape_with_g711_and_server_vad() -> None:
+    event = session_update(CONFIG)
+    CLIENT_EVENTS.validate_python(event)
+    session = event["session"]
+    assert session["type"] == "realtime"
+    assert session["audio"]["input"]["format"] == {"type": "audio/pcma"}
+    assert session["audio"]["output"] == {"format": {"type": "audio/pcma"}, "voice": "marin"}
+    turn = session["audio"]["input"]["turn_detection"]
+    assert turn == {
+        "type": "server_vad",
+        "threshold": 0.5,
+        "prefix_padding_ms": 300,
+        "silence_duration_ms": 500,
+        "create_response": True,
+        "interrupt_response": True,
+        "idle_timeout_ms": 8000,
+    }
+    assert session["tools"][0]["name"] == "find_customer" and session["tool_choice"] == "auto"
+    assert "modalities" not in session and "input_audio_format" not in session
+
+
+def test_semantic_vad_and_history_events_are_valid_client_events() -> None:
+    from dataclasses import replace
+
+    event = session_update(replace(CONFIG, vad_type="semantic_vad", vad_eagerness="low"))
+    CLIENT_EVENTS.validate_python(event)
+    assert event["session"]["audio"]["input"]["turn_detection"]["eagerness"] == "low"
+    for item in history_items([HistoryLine("caller", "hola"), HistoryLine("assistant", "buenas")]):
+        CLIENT_EVENTS.validate_python(item)
+
+
+async def _speak(session: RealtimeSession, ms: int) -> None:
+    """Stream a caller utterance (tone) followed by silence, in 20 ms frames at 4x real time."""
+    for _ in range(ms // 20):
+        session.send_audio(g711.tone(20, "alaw"))
+        await asyncio.sleep(0.005)
+    for _ in range(40):
+        session.send_audio(g711.silence("alaw"))
+        await asyncio.sleep(0.005)
+
+
+def test_a_full_conversation_with_a_function_call_is_valid_both_ways(validate_server_events) -> None:
+    script = Script(
+        turns=[
+            Turn("hola", reply="buenas tardes", reply_ms=400),
+            Turn("mi número", tool="find_customer", arguments={"phone": "3001234567"}, after_tool="lo encontré"),
+        ]
+    )
+
+    async def scenario() -> tuple[list, FakeRealtime]:
+        async with FakeRealtime(script, api_key="sk-test", record_sent=True, require_validation=True) as fake:
+            model = RealtimeSession(url=fake.url, model="gpt-realtime", api_key="sk-test", config=CONFIG)
+            await model.connect()
+            await model.respond()
+            events = []
+            feeder = asyncio.create_task(_speak(model, 400))
+            async for event in model.events():
+                events.append(event)
+                if isinstance(event, ResponseDone) and event.function_calls:
+                    for call_id in event.function_calls:
+                        await model.tool_result(call_id, json.dumps({"found": True}))
+                    await model.respond()
+                if isinstance(event, Transcript) and event.role == "caller" and event.text == "hola":
+                    feeder = asyncio.create_task(_speak(model, 400))
+                if isinstance(event, Transcript) and event.text == "lo encontré":
+                    break
+            await feeder
+            await model.close()
+            return events, fake
+
+    events, fake = run(scenario())
+    conn = fake.connections[0]
+    assert conn.invalid == [] and conn.errors == []
+    assert conn.headers["Authorization"] == "Bearer sk-test" and "OpenAI-Beta" not in conn.headers
+    assert "model=gpt-realtime" in conn.path
+    validate_server_events(conn.sent)
+    kinds = [type(e).__name__ for e in events]
+    assert kinds.count("SpeechStarted") == 2 and kinds.count("SpeechStopped") == 2
+    calls = [e for e in events if isinstance(e, FunctionCall)]
+    assert calls[0].name == "find_customer" and json.loads(calls[0].arguments) == {"phone": "3001234567"}
+    assert conn.function_outputs == [(calls[0].call_id, '{"found": true}')]
+    audio = b"".join(e.audio for e in events if isinstance(e, AudioOut))
+    assert g711.rms(audio, "alaw") > 1000
+    done = [e for e in events if isinstance(e, ResponseDone) and e.status == "completed"]
+    assert all(e.usage.get("total_tokens", 0) > 0 for e in done)
+    assert any(isinstance(e, SpeechStarted) for e in events) and any(isinstance(e, SpeechStopped) for e in events)
+
+
+def test_a_tool_output_sent_before_response_done_is_refused_like_the_real_service() -> None:
+    async def scenario() -> list:
+        async with FakeRealtime(Script()) as fake:
+            model = RealtimeSession(url=fake.url, model="m", api_key="k", config=CONFIG)
+            await model.connect()
+            await model.tool_result("call_unknown", "{}")
+            errors = []
+            async for event in model.events():
+                if isinstance(event, ModelError):
+                    errors.append(event)
+                    break
+            await model.close()
+            return errors
+
+    assert run(scenario())[0].code == "invalid_tool_call_id"
+
+
+def test_truncating_past_the_audio_that_exists_is_an_error_and_within_it_is_accepted() -> None:
+    async def scenario() -> tuple[list, FakeRealtime]:
+        async with FakeRealtime(Script(greeting_ms=600)) as fake:
+            model = RealtimeSession(url=fake.url, model="m", api_key="k", config=CONFIG)
+            await model.connect()
+            await model.respond()
+            seen = []
+            async for event in model.events():
+                if isinstance(event, ResponseDone):
+                    item = next(e.item_id for e in seen if isinstance(e, AudioOut))
+                    await model.truncate(item, 5000)
+                    await model.truncate(item, 300)
+                seen.append(event)
+                if isinstance(event, ModelError):
+                    break
+            await asyncio.sleep(0.1)
+            await model.close()
+            return seen, fake
+
+    seen, fake = run(scenario())
+    assert [e.code for e in seen if isinstance(e, ModelError)] == ["invalid_value"]
+    assert len(fake.connections[0].truncations) == 1 and fake.connections[0].truncations[0][1] == 300
+
+
+def test_a_wrong_api_key_is_refused_at_the_handshake() -> None:
+    async def scenario() -> None:
+        async with FakeRealtime(api_key="right") as fake:
+            model = RealtimeSession(url=fake.url, model="m", api_key="wrong", config=CONFIG)
+            with pytest.raises(ModelUnavailable, match="401"):
+                await model.connect()
+
+    run(scenario())
+
+
+def test_the_beta_header_is_closed_with_4000_as_since_the_beta_shutdown() -> None:
+    async def scenario() -> tuple[int | None, str]:
+        async with FakeRealtime() as fake:
+            async with connect(fake.url + "?model=m", additional_headers={"OpenAI-Beta": "realtime=v1"}) as ws:
+                first = json.loads(await ws.recv())
+                with pytest.raises(ConnectionClosed):
+                    await ws.recv()
+                return ws.close_code, first["error"]["code"]
+
+    assert run(scenario()) == (4000, "beta_api_shape_disabled")
+
+
+def test_invalid_client_events_are_answered_with_an_error_event() -> None:
+    async def scenario() -> list[dict]:
+        async with FakeRealtime() as fake:
+            async with connect(fake.url + "?model=m") as ws:
+                await ws.recv()  # session.created
+                await ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime", "voise": "x"}}))
+                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": "***"}))
+                await ws.send(json.dumps({"type": "response.cancel"}))
+                return [json.loads(await ws.recv()) for _ in range(3)]
+
+    replies = run(scenario())
+    assert [r["type"] for r in replies] == ["error", "error", "error"]
+    assert "voise" in replies[0]["error"]["message"]
+    assert replies[2]["error"]["code"] == "response_cancel_not_active"
+
+
+def test_the_stand_in_pings_and_closes_1011_when_pongs_stop() -> None:
+    async def scenario() -> tuple[int, list[float]]:
+        async with FakeRealtime(ping_interval=0.2, ping_timeout=0.3) as fake:
+            model = RealtimeSession(url=fake.url, model="m", api_key="k", config=CONFIG)
+            await model.connect()
+            await asyncio.sleep(0.7)
+            pongs = list(fake.connections[0].pongs_ms)
+            await model.close()
+            # a client whose loop never reads cannot answer: websockets answers pings only while reading
+            async with connect(fake.url + "?model=m", ping_interval=None) as ws:
+                ws.transport.pause_reading()
+                await asyncio.sleep(0.8)
+            return fake.connections[1].missed_pongs, pongs
+
+    missed, pongs = run(scenario())
+    assert len(pongs) >= 2 and missed == 1

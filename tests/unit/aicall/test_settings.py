@@ -1,0 +1,58 @@
+"""The agent's settings: defaults, the seed's variable names, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+from centralita.aicall.agent import build_tools, session_config
+from centralita.aicall.settings import AicallSettings
+from centralita.config import ConfigError, describe, load_settings
+
+BASE = {"AICALL_ARI_USER": "ai", "AICALL_ARI_PASSWORD": "p", "OPENAI_API_KEY": "sk-x", "DB_USER": "aicall"}
+
+
+def test_defaults_give_rtp_ulaw_and_the_ga_realtime_endpoint() -> None:
+    settings = load_settings(AicallSettings, environ=BASE)
+    assert settings.media == "rtp" and settings.codec == "ulaw"
+    assert settings.realtime_url == "wss://api.openai.com/v1/realtime"
+    assert describe(settings)["OPENAI_API_KEY"] == "***"
+    tools = build_tools(settings)
+    assert [t.name for t in tools.specs] == ["end_call"]
+    assert session_config(settings, tools).law == "ulaw"
+
+
+def test_the_seed_mikrotik_api_mode_enables_the_network_tools() -> None:
+    env = {**BASE, "ENABLE_MIKROTIK_TOOLS": "true", "MIKROTIK_API_URL": "http://10.0.0.9:5050"}
+    tools = build_tools(load_settings(AicallSettings, environ={**env, "AICALL_TRANSFER_EXTENSION": "600"}))
+    names = [t.name for t in tools.specs]
+    assert names == ["end_call", "transfer_to_human", "find_customer", "customer_status", "ping_customer",
+                     "interface_status"]  # fmt: skip
+
+
+def test_routers_are_listed_by_name_with_shared_credentials() -> None:
+    env = {**BASE, "ENABLE_MIKROTIK_TOOLS": "yes", "MIKROTIK_ROUTERS": "core=https://10.1.0.1,north=https://10.2.0.1"}
+    env |= {"MIKROTIK_USER": "api", "MIKROTIK_PASSWORD": "s", "MIKROTIK_TLS_VERIFY": "false"}
+    settings = load_settings(AicallSettings, environ=env)
+    assert settings.tls_verify is False and len(build_tools(settings).specs) == 5
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"AICALL_CODEC": "g729"}, "AICALL_CODEC: expected one of ulaw, alaw"),
+        ({"AICALL_MEDIA": "audiosocket"}, "AICALL_MEDIA: expected one of rtp, websocket"),
+        ({"OPENAI_REALTIME_URL": "https://api.openai.com"}, "OPENAI_REALTIME_URL: expected a ws:// or wss:// URL"),
+        ({"AICALL_VAD_THRESHOLD": "2"}, "AICALL_VAD_THRESHOLD: expected a value <= 1.0"),
+        ({"ENABLE_MIKROTIK_TOOLS": "true"}, "ENABLE_MIKROTIK_TOOLS: expected MIKROTIK_API_URL or MIKROTIK_ROUTERS"),
+        ({"MIKROTIK_ROUTERS": "10.0.0.1"}, "MIKROTIK_ROUTERS: expected a comma-separated list of name=https://"),
+        ({"AICALL_RTP_PORT_MIN": "40000"}, "AICALL_RTP_PORT_MIN/MAX"),
+    ],
+)
+def test_bad_values_name_the_variable_and_what_was_expected(extra: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("?", r"\?").replace(".", r"\.")):
+        load_settings(AicallSettings, environ={**BASE, **extra})
+
+
+def test_the_api_key_is_required_and_never_shown() -> None:
+    env = {k: v for k, v in BASE.items() if k != "OPENAI_API_KEY"}
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY: required setting is missing"):
+        load_settings(AicallSettings, environ=env)
