@@ -47,7 +47,7 @@ def setting(
     maximum: float | None = None,
     check: Callable[[Any], str | None] | None = None,
     secret: bool = False,
-    help: str = "",  # noqa: A002 - reads naturally at the call site
+    help: str = "",
 ) -> Any:
     """Declare a dataclass field read from environment variable ``env``.
 

@@ -45,7 +45,7 @@ class _Metric:
         return tuple(str(labels[n]) for n in self.labelnames)
 
     def _labelstr(self, key: tuple[str, ...], extra: str = "") -> str:
-        parts = [f'{n}="{_escape(v)}"' for n, v in zip(self.labelnames, key)]
+        parts = [f'{n}="{_escape(v)}"' for n, v in zip(self.labelnames, key, strict=True)]
         if extra:
             parts.append(extra)
         return "{" + ",".join(parts) + "}" if parts else ""
@@ -130,7 +130,7 @@ class Histogram(_Metric):
         lines = []
         for key, row in sorted(self._data.items()):
             running = 0.0
-            for bound, count in zip((*self.buckets, math.inf), row):
+            for bound, count in zip((*self.buckets, math.inf), row[: len(self.buckets) + 1], strict=True):
                 running += count
                 le = 'le="' + _fmt(bound) + '"'  # no backslash inside an f-string: Python 3.11
                 lines.append(f"{self.name}_bucket{self._labelstr(key, le)} {_fmt(running)}")

@@ -27,7 +27,7 @@ from centralita.collections.settings import CollectionsSettings
 from centralita.config import ConfigError, load_settings
 
 PROCESS_TIMEOUT_S = 20
-ARI_PASSWORD = "ari-pass"  # noqa: S105 - a test value that must never appear in a log or error
+ARI_PASSWORD = "ari-pass"
 
 # A StasisStart as Asterisk 22 sends it (fields trimmed to those the agent reads, plus some it ignores).
 STASIS_START = {

@@ -342,7 +342,7 @@ def test_upgrade_as_user_without_create_privilege_fails_clearly(mariadb_server, 
         limited = DbSettings(
             db_socket=fresh_db.db_socket,
             db_user="limited",
-            db_password="pw",  # noqa: S106 - throwaway test user
+            db_password="pw",
             db_name=fresh_db.db_name,
         )
         with (

@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from werkzeug.security import check_password_hash, generate_password_hash
 
 ADMIN = "operator"
-ADMIN_PASSWORD = "correct horse battery"  # noqa: S105 - test credentials of a throwaway database
+ADMIN_PASSWORD = "correct horse battery"
 SECRET = "k" * 48
 HTTPS = "https://panel.test"
 

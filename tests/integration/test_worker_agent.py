@@ -188,7 +188,7 @@ def test_worker_serves_prometheus_metrics(events_db: DbSettings) -> None:
     ],
 )
 def test_worker_bad_setting_exits_2_naming_the_variable(variable: str, value: str, expected: str) -> None:
-    settings = DbSettings(db_user="centralita", db_password="secret-value", db_name="centralita")  # noqa: S106
+    settings = DbSettings(db_user="centralita", db_password="secret-value", db_name="centralita")
     env = _env(settings, **{variable: value})
     result = subprocess.run(
         [sys.executable, "-m", "centralita.worker"], env=env, capture_output=True, text=True, timeout=30, check=False

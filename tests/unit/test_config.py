@@ -1,6 +1,6 @@
 """The typed settings loader every agent uses (centralita.config)."""
 
-# ruff: noqa: S105 - the literals compared here are test values and masks, not credentials
+
 
 from __future__ import annotations
 

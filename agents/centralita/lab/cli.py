@@ -75,8 +75,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _print_status(lab: Lab) -> None:
     machines = {
-        m.name: {"kind": m.kind, "address": lab.address(m.name), "netns": m.netns, "pid": m.pid}
-        for m in lab.machines()
+        m.name: {"kind": m.kind, "address": lab.address(m.name), "netns": m.netns, "pid": m.pid} for m in lab.machines()
     }
     info = {
         "name": lab.name,

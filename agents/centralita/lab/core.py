@@ -247,8 +247,11 @@ class Lab:
     @staticmethod
     def _remember_host_key(address: str, key: str) -> None:
         path = known_hosts_path()
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if not ln.startswith(address + " ")] \
-            if path.exists() else []
+        lines = (
+            [ln for ln in path.read_text(encoding="utf-8").splitlines() if not ln.startswith(address + " ")]
+            if path.exists()
+            else []
+        )
         lines.append(f"{address} {key}")
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -303,8 +306,12 @@ class Lab:
             self._unplug(machine)
         for spec in self.state.nat_rules:
             table, chain, *rest = spec
-            while subprocess.run(["iptables", "-t", table, "-D", chain, *rest], capture_output=True,
-                                 check=False).returncode == 0:
+            while (
+                subprocess.run(
+                    ["iptables", "-t", table, "-D", chain, *rest], capture_output=True, check=False
+                ).returncode
+                == 0
+            ):
                 pass
         self._sweep_tagged_rules()
         if link_exists(self.bridge):
