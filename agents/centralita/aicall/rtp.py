@@ -77,6 +77,7 @@ class Pacer:
         self._task: asyncio.Task[None] | None = None
         self.ticks = 0
         self.restarts = 0
+        self.lateness: list[float] | None = None  # seconds each frame left after its due time (benchmark only)
 
     def add(self, stream: RtpMedia) -> None:
         self._streams[id(stream)] = stream
@@ -100,6 +101,8 @@ class Pacer:
                 except Exception:  # one broken call must not silence the others
                     log.exception("rtp stream tick failed; removing stream %s", stream.name)
                     self.remove(stream)
+                if self.lateness is not None:
+                    self.lateness.append(loop.time() - due)
             self.ticks += 1
             due += self.period
             delay = due - loop.time()

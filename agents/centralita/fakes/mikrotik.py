@@ -232,3 +232,33 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, asyncio.run(call()))
         except ToolError as exc:
             self._reply(200, {"error": str(exc)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the RouterOS stand-in as its own process (offline demo)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m centralita.fakes.mikrotik", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8766)
+    parser.add_argument("--user", default="api")
+    parser.add_argument("--password-file", help="a file holding the API password (default: the stand-in's own)")
+    args = parser.parse_args(argv)
+    router = FakeMikrotik(user=args.user, host=args.host, port=args.port)
+    if args.password_file:
+        with open(args.password_file, encoding="utf-8") as handle:
+            router.password = handle.read().strip()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    router.start()
+    print(json.dumps({"url": router.url}), flush=True)
+    stopped.wait()
+    router.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

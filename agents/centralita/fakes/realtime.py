@@ -180,6 +180,7 @@ class FakeRealtime:
         validate: bool = True,
         require_validation: bool = False,
         record_sent: bool = False,
+        audio_hook: Callable[[bytes], None] | None = None,
     ) -> None:
         self.script = script or Script()
         self.host = host
@@ -191,6 +192,7 @@ class FakeRealtime:
         if require_validation and self.validator is None:
             raise RuntimeError("the openai package is needed to validate client events")
         self.record_sent = record_sent
+        self.audio_hook = audio_hook  # sees every appended chunk (the benchmark reads its time stamps)
         self.connections: list[ConnectionLog] = []
         self._server: Server | None = None
         self._ids = itertools.count(1)
@@ -418,6 +420,8 @@ class _Connection:
             await self.error("invalid_request_error", "invalid_value", "audio is not base64", param="audio")
             return
         self.log.audio_in_ms += g711.duration_ms(audio)
+        if self.server.audio_hook is not None:
+            self.server.audio_hook(audio)
         self.input_tokens += max(1, len(audio) // 800)
         self.pending.extend(audio)
         while len(self.pending) >= g711.FRAME_BYTES:
@@ -433,7 +437,8 @@ class _Connection:
     async def _vad(self, frame: bytes) -> None:
         turn = self.session["audio"]["input"].get("turn_detection") or {}
         self.buffer_ms += g711.FRAME_MS
-        loud = g711.rms(frame, self.law) > SPEECH_RMS
+        constant = frame.count(frame[0]) == len(frame)  # digital silence needs no arithmetic
+        loud = False if constant else g711.rms(frame, self.law) > SPEECH_RMS
         if not self.speaking:
             self.speech_frames = self.speech_frames + 1 if loud else 0
             if self.speech_frames >= 3 and turn:
@@ -771,3 +776,48 @@ class _Connection:
         await self.send(
             {"type": "conversation.item.truncated", "item_id": item.id, "content_index": 0, "audio_end_ms": end}
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the stand-in as its own process (offline demo, benchmark)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m centralita.fakes.realtime", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--api-key", default=None, help="the bearer key to accept (default: any)")
+    parser.add_argument("--script", help="a JSON file with the Script fields (greeting, turns, ...)")
+    parser.add_argument("--ping-interval", type=float, default=5.0)
+    parser.add_argument("--no-validate", action="store_true", help="skip checking client events (saves CPU)")
+    args = parser.parse_args(argv)
+    script = Script()
+    if args.script:
+        with open(args.script, encoding="utf-8") as handle:
+            script = Script.from_json(json.load(handle))
+
+    async def serve_until_stopped() -> None:
+        fake = FakeRealtime(
+            script,
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            ping_interval=args.ping_interval,
+            validate=not args.no_validate,
+        )
+        await fake.start()
+        print(json.dumps({"url": fake.url}), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await fake.stop()
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve_until_stopped())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

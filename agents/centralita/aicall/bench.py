@@ -1,0 +1,331 @@
+"""Benchmark: N synthetic calls through one agent process.
+
+Three processes, as in production: this one runs N call sessions exactly as the
+agent does (RTP media, the shared pacer, one Realtime websocket per call, the call
+state machine), the Realtime stand-in runs in a second process and streams a reply
+to every call at real-time pace, and an RTP generator in a third process plays N
+callers (20 ms frames in, paced frames out) and measures what a caller receives.
+
+Measured per load point:
+- inbound added latency: a caller frame handed to the agent's Python code until its
+  ``input_audio_buffer.append`` is written to the model socket (p50/p99);
+- outbound added latency: a frame's due time on the 20 ms clock until it is sent (p50/p99);
+- outbound pacing jitter at the callers: |inter-arrival - 20 ms| (p50/p99, worst gap);
+- CPU of the agent process per call (percent of one core).
+Load loops are bounded: every point runs for a fixed time and every process is
+stopped by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from centralita.aicall import g711
+from centralita.aicall.metrics import AicallMetrics
+from centralita.aicall.provider import SessionConfig
+from centralita.aicall.realtime import RealtimeSession
+from centralita.aicall.record import CallRecord
+from centralita.aicall.rtp import PAYLOAD_TYPES, Pacer, RtpMedia, RtpPacket
+from centralita.aicall.session import CallPolicy, CallSession
+from centralita.aicall.tools.base import ToolBox
+
+WARM_UP_S = 2.0
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+# the callers' side (its own process) ---------------------------------------------------------
+
+
+class _Caller(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.arrivals: list[float] = []
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.arrivals.append(time.perf_counter())
+
+
+async def _generate(targets: list[tuple[str, int]], seconds: float, law: str) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    callers = []
+    for target in targets:
+        transport, caller = await loop.create_datagram_endpoint(_Caller, local_addr=("127.0.0.1", 0))
+        callers.append((transport, caller, target))
+    silence = g711.silence(law)
+    sequence, timestamp = 0, 0
+    due = loop.time()
+    end = due + seconds
+    while loop.time() < end:
+        for transport, _, target in callers:
+            packet = RtpPacket(PAYLOAD_TYPES[law], sequence & 0xFFFF, timestamp & 0xFFFFFFFF, 0x42, silence)
+            transport.sendto(packet.encode(), target)
+        sequence, timestamp = sequence + 1, timestamp + g711.FRAME_BYTES
+        due += g711.FRAME_MS / 1000
+        await asyncio.sleep(max(0.0, due - loop.time()))
+    jitter: list[float] = []
+    worst = 0.0
+    received = 0
+    for transport, caller, _ in callers:
+        transport.close()
+        start = caller.arrivals[0] + WARM_UP_S if caller.arrivals else 0
+        times = [t for t in caller.arrivals if t >= start]
+        received += len(caller.arrivals)
+        for earlier, later in itertools.pairwise(times):
+            gap = (later - earlier) * 1000
+            jitter.append(abs(gap - g711.FRAME_MS))
+            worst = max(worst, gap)
+    return {
+        "received": received,
+        "jitter_p50_ms": _percentile(jitter, 0.50),
+        "jitter_p99_ms": _percentile(jitter, 0.99),
+        "max_gap_ms": worst,
+    }
+
+
+def generator_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="centralita.aicall.bench generator")
+    parser.add_argument("--targets", required=True, help="host:port,host:port,...")
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--law", default="ulaw")
+    args = parser.parse_args(argv)
+    targets = []
+    for entry in args.targets.split(","):
+        host, _, port = entry.rpartition(":")
+        targets.append((host, int(port)))
+    print(json.dumps(asyncio.run(_generate(targets, min(args.seconds, 600), args.law))), flush=True)
+    return 0
+
+
+# the agent's side (this process) ---------------------------------------------------------------
+
+
+class _TimedRealtime(RealtimeSession):
+    """RealtimeSession that times each audio frame from hand-over to socket write."""
+
+    def __init__(self, latencies: collections.deque[float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._stamps: collections.deque[float | None] = collections.deque()
+        self._latencies = latencies
+
+    def _send(self, event: dict[str, Any]) -> None:
+        self._stamps.append(None)
+        super()._send(event)
+
+    def send_audio(self, audio: bytes) -> None:
+        if self._ws is None:
+            return
+        started = time.perf_counter()
+        queued = self._outbox.qsize()
+        super().send_audio(audio)
+        if self._outbox.qsize() > queued:
+            self._stamps.append(started)  # went through the writer task: timed when written
+        else:
+            self._latencies.append(time.perf_counter() - started)  # written at once
+
+    async def _write(self, ws: Any) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            while True:
+                message = await self._outbox.get()
+                stamp = self._stamps.popleft() if self._stamps else None
+                self._writing = True
+                try:
+                    await ws.send(message)
+                finally:
+                    self._writing = False
+                if stamp is not None:
+                    self._latencies.append(time.perf_counter() - stamp)
+        except ConnectionClosed:
+            return
+
+
+class _Control:
+    async def transfer(self, target: str) -> None:
+        return None
+
+    async def hangup(self) -> None:
+        return None
+
+    async def play_apology(self) -> None:
+        return None
+
+
+@dataclass
+class Point:
+    calls: int
+    inbound_p50_ms: float
+    inbound_p99_ms: float
+    outbound_p50_ms: float
+    outbound_p99_ms: float
+    jitter_p50_ms: float
+    jitter_p99_ms: float
+    max_gap_ms: float
+    cpu_per_call_percent: float
+    agent_cpu_percent: float
+
+
+def _pin(cores: set[int] | None):
+    if not cores:
+        return None
+    return lambda: os.sched_setaffinity(0, cores)
+
+
+async def _read_json_line(process: asyncio.subprocess.Process, within: float) -> dict[str, Any]:
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), within)
+    if not line:
+        raise RuntimeError("a benchmark helper exited without a result")
+    return json.loads(line)
+
+
+async def run_point(calls: int, seconds: float, law: str = "ulaw", pin: bool = True) -> Point:
+    helper_cores = {1} if pin and (os.cpu_count() or 1) > 1 else None
+    if helper_cores:
+        os.sched_setaffinity(0, {0})
+    script = {"greeting": "x", "greeting_ms": int((seconds + WARM_UP_S + 20) * 1000), "send_rate": 1.0}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(script, handle)
+    fake = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "centralita.fakes.realtime", "--port", "0", "--script", handle.name,
+        "--no-validate", "--ping-interval", "10",
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=_pin(helper_cores),
+    )  # fmt: skip
+    pacer = Pacer()
+    metrics = AicallMetrics()
+    inbound: collections.deque[float] = collections.deque(maxlen=200_000)
+    sessions: list[CallSession] = []
+    tasks: list[asyncio.Task[CallRecord]] = []
+    medias: list[RtpMedia] = []
+    generator = None
+    try:
+        url = (await _read_json_line(fake, 20))["url"]
+        config = SessionConfig("bench", "marin", law)
+        for index in range(calls):
+            media = RtpMedia(law, pacer, name=f"bench-{index}")
+            await media.start()
+            medias.append(media)
+            model = _TimedRealtime(inbound, url=url, model="bench", api_key="bench", config=config)
+            session = CallSession(
+                record=CallRecord(f"bench-{index}", "caller", "did"),
+                media=media,
+                model=model,
+                tools=ToolBox([]),
+                control=_Control(),
+                policy=CallPolicy(connect_timeout=20),
+                metrics=metrics,
+            )
+            sessions.append(session)
+            tasks.append(asyncio.get_running_loop().create_task(session.run()))
+        targets = ",".join(f"{m.local[0]}:{m.local[1]}" for m in medias)
+        generator = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "centralita.aicall.bench", "generator", "--targets", targets,
+            "--seconds", str(seconds + WARM_UP_S), "--law", law,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=_pin(helper_cores),
+        )  # fmt: skip
+        await asyncio.sleep(WARM_UP_S)
+        inbound.clear()
+        pacer.lateness = []
+        cpu, wall = time.process_time(), time.perf_counter()
+        result = await _read_json_line(generator, seconds + 30)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        outbound = pacer.lateness or []
+        pacer.lateness = None
+        inbound_ms = [v * 1000 for v in inbound]
+        outbound_ms = [v * 1000 for v in outbound]
+        return Point(
+            calls=calls,
+            inbound_p50_ms=_percentile(inbound_ms, 0.5),
+            inbound_p99_ms=_percentile(inbound_ms, 0.99),
+            outbound_p50_ms=_percentile(outbound_ms, 0.5),
+            outbound_p99_ms=_percentile(outbound_ms, 0.99),
+            jitter_p50_ms=result["jitter_p50_ms"],
+            jitter_p99_ms=result["jitter_p99_ms"],
+            max_gap_ms=result["max_gap_ms"],
+            cpu_per_call_percent=100 * cpu / wall / calls,
+            agent_cpu_percent=100 * cpu / wall,
+        )
+    finally:
+        for session in sessions:
+            session.caller_hung_up()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await pacer.close()
+        for process in (generator, fake):
+            if process is not None and process.returncode is None:
+                process.terminate()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(process.wait(), 10)
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+        os.unlink(handle.name)
+        if helper_cores:
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+
+
+def table(points: list[Point]) -> str:
+    lines = [
+        "| calls | in p50 / p99 ms | out p50 / p99 ms | jitter p50 / p99 ms | worst gap ms "
+        "| CPU per call % | agent CPU % |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in points:
+        lines.append(
+            f"| {p.calls} | {p.inbound_p50_ms:.2f} / {p.inbound_p99_ms:.2f} | {p.outbound_p50_ms:.2f} / "
+            f"{p.outbound_p99_ms:.2f} | {p.jitter_p50_ms:.2f} / {p.jitter_p99_ms:.2f} | {p.max_gap_ms:.1f} | "
+            f"{p.cpu_per_call_percent:.2f} | {p.agent_cpu_percent:.0f} |"
+        )
+    good = [p for p in points if p.jitter_p99_ms < 2.0]
+    if good:
+        best = max(good, key=lambda p: p.calls)
+        lines.append("")
+        lines.append(f"Most calls measured with p99 pacing jitter under 2 ms: {best.calls} "
+                     f"(agent CPU {best.agent_cpu_percent:.0f} % of one core).")  # fmt: skip
+    return "\n".join(lines)
+
+
+def bench(calls: list[int], seconds: float, law: str = "ulaw", pin: bool = True) -> list[Point]:
+    """Run every load point in turn (bounded: each lasts ``seconds`` plus set-up)."""
+    g711.warm_up()
+    points = []
+    for count in calls:
+        point = asyncio.run(run_point(count, seconds, law, pin))
+        print(json.dumps(point.__dict__), file=sys.stderr, flush=True)
+        points.append(point)
+    return points
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["generator"]:
+        return generator_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m centralita.aicall.bench")
+    parser.add_argument("--calls", default="25,50,100,200", help="comma-separated load points")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--law", default="ulaw", choices=("ulaw", "alaw"))
+    parser.add_argument("--no-pin", action="store_true", help="do not pin the agent and the helpers to cores")
+    args = parser.parse_args(argv)
+    counts = [min(int(c), 1000) for c in args.calls.split(",") if c.strip()]
+    print(table(bench(counts, min(args.seconds, 120), args.law, not args.no_pin)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
