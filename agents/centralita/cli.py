@@ -17,6 +17,7 @@ from centralita.logs import setup_logging
 COMMAND_MODULES = [
     "centralita.db.cli",
     "centralita.lab.cli",
+    "centralita.aicall.cli",
 ]
 
 

@@ -1,0 +1,54 @@
+"""``centralita aicall ...``: run the agent, the benchmark, and the stand-ins for the offline demo."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("aicall", help="AI inbound calls: agent, benchmark, stand-ins")
+    sub = parser.add_subparsers(dest="aicall_command", required=True, metavar="ACTION")
+
+    run = sub.add_parser("run", help="run the agent (what the systemd unit starts)")
+    run.add_argument("--env-file", help="read settings from this env file")
+    run.set_defaults(func=_run)
+
+    bench = sub.add_parser("bench", help="N synthetic calls through one agent process; prints a Markdown table")
+    bench.add_argument("--calls", default="25,50,100,200", help="comma-separated load points")
+    bench.add_argument("--seconds", type=float, default=10.0, help="measured time per point (at most 120)")
+    bench.add_argument("--law", default="ulaw", choices=("ulaw", "alaw"))
+    bench.add_argument("--no-pin", action="store_true", help="do not pin the agent and its helpers to cores")
+    bench.set_defaults(func=_bench)
+
+    fake = sub.add_parser("fake-realtime", help="serve the OpenAI Realtime stand-in")
+    fake.add_argument("args", nargs=argparse.REMAINDER, help="options of python -m centralita.fakes.realtime")
+    fake.set_defaults(func=_fake_realtime)
+
+    router = sub.add_parser("fake-mikrotik", help="serve the MikroTik RouterOS REST stand-in")
+    router.add_argument("args", nargs=argparse.REMAINDER, help="options of python -m centralita.fakes.mikrotik")
+    router.set_defaults(func=_fake_mikrotik)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from centralita.aicall.__main__ import main
+
+    return main(["--env-file", args.env_file] if args.env_file else [])
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from centralita.aicall import bench
+
+    argv = ["--calls", args.calls, "--seconds", str(args.seconds), "--law", args.law]
+    return bench.main(argv + (["--no-pin"] if args.no_pin else []))
+
+
+def _fake_realtime(args: argparse.Namespace) -> int:
+    from centralita.fakes import realtime
+
+    return realtime.main(args.args)
+
+
+def _fake_mikrotik(args: argparse.Namespace) -> int:
+    from centralita.fakes import mikrotik
+
+    return mikrotik.main(args.args)
