@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "centralita.db.cli",
     "centralita.lab.cli",
     "centralita.aicall.cli",
+    "centralita.connector.cli",
 ]
 
 

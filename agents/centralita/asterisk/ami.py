@@ -199,7 +199,7 @@ class AmiConnection:
         *,
         events: Iterable[str] = ("cdr",),
         on_event: EventCallback | None = None,
-        timeout: float = 5.0,
+        timeout: float = 5.0,  # noqa: ASYNC109 - one deadline for connect, banner and login
     ) -> AmiConnection:
         """Connect, read the banner and log in; raise AmiError (AmiAuthError if refused)."""
         try:
@@ -295,7 +295,11 @@ class AmiConnection:
         return pending
 
     async def action(
-        self, name: str, fields: dict[str, str | int | Iterable[str]] | None = None, *, timeout: float = 5.0
+        self,
+        name: str,
+        fields: dict[str, str | int | Iterable[str]] | None = None,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109
     ) -> AmiMessage:
         """Send an action and wait (at most ``timeout``) for its response."""
         pending = self._send(name, fields or {}, list_action=False)
@@ -308,7 +312,11 @@ class AmiConnection:
             raise AmiError(f"AMI action {name} failed: {exc}") from exc
 
     async def list_action(
-        self, name: str, fields: dict[str, str | int | Iterable[str]] | None = None, *, timeout: float = 10.0
+        self,
+        name: str,
+        fields: dict[str, str | int | Iterable[str]] | None = None,
+        *,
+        timeout: float = 10.0,  # noqa: ASYNC109
     ) -> tuple[AmiMessage, list[AmiMessage]]:
         """An action answered by an event list (``EventList: start`` ... ``Complete``)."""
         pending = self._send(name, fields or {}, list_action=True)
@@ -322,7 +330,7 @@ class AmiConnection:
         except TimeoutError as exc:
             raise AmiError(f"AMI action {name} did not complete within {timeout}s") from exc
 
-    async def ping(self, timeout: float = 5.0) -> float:
+    async def ping(self, timeout: float = 5.0) -> float:  # noqa: ASYNC109
         """Round trip of a Ping in seconds; AmiError when no Pong comes back in time."""
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -467,7 +475,11 @@ class AmiClient:
         await connection.close()
 
     async def action(
-        self, name: str, fields: dict[str, str | int | Iterable[str]] | None = None, *, timeout: float = 5.0
+        self,
+        name: str,
+        fields: dict[str, str | int | Iterable[str]] | None = None,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109
     ) -> AmiMessage:
         """Run an action on the current session; AmiError when there is none."""
         if self.connection is None:

@@ -51,7 +51,7 @@ def parse_csv_line(line: str, zone: tzinfo) -> CdrRecord:
     if not rows or len(rows[0]) != len(FIELD_NAMES):
         found = len(rows[0]) if rows else 0
         raise CdrError(f"expected {len(FIELD_NAMES)} CSV fields (the cdr_custom mapping), found {found}")
-    return record_from_fields(dict(zip(FIELD_NAMES, rows[0])), zone)
+    return record_from_fields(dict(zip(FIELD_NAMES, rows[0])), zone)  # noqa: B905
 
 
 def rotated_files(path: Path) -> list[Path]:

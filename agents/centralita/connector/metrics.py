@@ -37,15 +37,15 @@ class ConnectorMetrics:
             ami_reconnects=r.counter("ami_connections_total", "AMI logins since start (1 + reconnects)"),
             cdrs_processed=r.counter("cdrs_processed_total", "CDRs received and committed to the spool"),
             cdrs_sent=r.counter("cdrs_sent_total", "CDRs delivered, by sink", ["sink"]),
-            cdrs_failed=r.counter("cdrs_failed_total", "CDR delivery attempts that failed (retried), by sink", ["sink"]),
+            cdrs_failed=r.counter(
+                "cdrs_failed_total", "CDR delivery attempts that failed (retried), by sink", ["sink"]
+            ),
             cdrs_dead_lettered=r.counter(
                 "cdrs_dead_lettered_total", "CDRs the receiver refused for good (kept in the spool)", ["sink"]
             ),
             cdrs_backfilled=r.counter("cdrs_backfilled_total", "CDRs recovered from the CSV backend, missed by AMI"),
             cdrs_invalid=r.counter("cdrs_invalid_total", "Cdr events or CSV lines that could not be parsed"),
-            api_request_duration=r.histogram(
-                "api_request_duration_seconds", "CDR API request time", ["endpoint"]
-            ),
+            api_request_duration=r.histogram("api_request_duration_seconds", "CDR API request time", ["endpoint"]),
             cdr_filtered=r.counter("asterisk_cdr_filtered_total", "CDRs filtered out, by reason", ["reason"]),
             cdr_queue_depth=r.gauge("asterisk_cdr_queue_depth", "Cdr events read from AMI, not yet in the spool"),
             spool_depth=r.gauge("cdr_spool_depth", "CDRs in the spool not yet delivered, by sink", ["sink"]),

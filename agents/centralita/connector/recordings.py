@@ -40,7 +40,14 @@ UPLOAD_PATH = "/mqs/recording"
 # names built from ${UNIQUEID} carry one.
 UNIQUEID_RE = re.compile(r"(?<![\d.])(\d{10}\.\d+)(?![\d])")
 
-PENDING, UPLOADED, FAILED, REJECTED, SKIPPED, DELETED = "pending", "uploaded", "failed", "rejected", "skipped", "deleted"
+PENDING, UPLOADED, FAILED, REJECTED, SKIPPED, DELETED = (
+    "pending",
+    "uploaded",
+    "failed",
+    "rejected",
+    "skipped",
+    "deleted",
+)
 
 
 def uniqueid_from_name(name: str) -> str | None:
@@ -242,10 +249,10 @@ class RecordingWatcher:
         for status in (PENDING, FAILED):
             for row in await self.spool.recordings_with_status(status):
                 path = Path(row["path"])
-                if path.exists():
+                if path.exists():  # noqa: ASYNC240
                     await self._ready.put(path)
         for row in await self.spool.recordings_with_status(UPLOADED):
-            if self.settings.recording_delete_after_upload and Path(row["path"]).exists():
+            if self.settings.recording_delete_after_upload and Path(row["path"]).exists():  # noqa: ASYNC240
                 await self._delete(Path(row["path"]))
 
     async def _stabilise_loop(self) -> None:
@@ -276,7 +283,7 @@ class RecordingWatcher:
             await asyncio.sleep(5)
             now = time.time()
             for row in await self.spool.recordings_with_status(FAILED):
-                if row["next_try"] <= now and Path(row["path"]).exists():
+                if row["next_try"] <= now and Path(row["path"]).exists():  # noqa: ASYNC240
                     await self._ready.put(Path(row["path"]))
 
     async def process(self, path: Path) -> str:
@@ -287,10 +294,15 @@ class RecordingWatcher:
         except FileNotFoundError:
             return "gone"
         state = await self.spool.recording(key)
-        if state and state["status"] in (UPLOADED, DELETED, REJECTED, SKIPPED) and (
-            state["size"],
-            state["mtime"],
-        ) == (stat.st_size, stat.st_mtime):
+        if (
+            state
+            and state["status"] in (UPLOADED, DELETED, REJECTED, SKIPPED)
+            and (
+                state["size"],
+                state["mtime"],
+            )
+            == (stat.st_size, stat.st_mtime)
+        ):
             return state["status"]
         if state and state["status"] == FAILED and state["next_try"] > time.time():
             return FAILED
@@ -339,7 +351,9 @@ class RecordingWatcher:
             return await self._failed(path, attempts, f"HTTP {reply.status}: {reply.body[:200]}")
         self.metrics.recordings_failed.inc()
         await self.spool.save_recording(key, status=REJECTED, error=f"HTTP {reply.status}: {reply.body[:500]}")
-        log.error("recording %s refused by the API with HTTP %d (%s); kept on disk", path, reply.status, reply.body[:200])
+        log.error(
+            "recording %s refused by the API with HTTP %d (%s); kept on disk", path, reply.status, reply.body[:200]
+        )
         return REJECTED
 
     async def _failed(self, path: Path, attempts: int, error: str) -> str:

@@ -182,9 +182,7 @@ class Connector:
     def _make_sinks(self) -> None:
         s = self.settings
         if s.cdr_api_enabled:
-            self.api = ApiClient(
-                s.api_base_url, s.api_key, timeout=s.api_timeout, workers=max(2, s.cdr_max_concurrent)
-            )
+            self.api = ApiClient(s.api_base_url, s.api_key, timeout=s.api_timeout, workers=max(2, s.cdr_max_concurrent))
             self.sinks.append(
                 ApiSink(
                     self.spool,
@@ -278,4 +276,3 @@ async def run_connector(settings: ConnectorSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await Connector(settings).run(stop)
-

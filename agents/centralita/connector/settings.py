@@ -1,3 +1,4 @@
+# ruff: noqa: RUF009 - setting() builds the dataclass field, as config.setting is designed to
 """The connector's settings, read from /etc/centralita/connector.env.
 
 The first names are seed 003's, unchanged, so an operator's existing ``.env``
@@ -82,9 +83,7 @@ class ConnectorSettings:
     cdr_spool_min_free_mb: int = setting("CDR_SPOOL_MIN_FREE_MB", default=200, minimum=0)
     cdr_timezone: str = setting("CDR_TIMEZONE", default="", help="tz name of Asterisk's clock; empty: the host's")
     cdr_backfill_enabled: bool = setting("CDR_BACKFILL_ENABLED", default=True)
-    cdr_backfill_path: Path = setting(
-        "CDR_BACKFILL_PATH", default=Path("/var/log/asterisk/cdr-custom/centralita.csv")
-    )
+    cdr_backfill_path: Path = setting("CDR_BACKFILL_PATH", default=Path("/var/log/asterisk/cdr-custom/centralita.csv"))
     cdr_backfill_max_age_hours: float = setting("CDR_BACKFILL_MAX_AGE_HOURS", default=24.0, minimum=0)
     cdr_backfill_interval: float = setting("CDR_BACKFILL_INTERVAL", default=60.0, minimum=1)
     ami_ping_interval: float = setting("AMI_PING_INTERVAL", default=10.0, minimum=0.1)

@@ -15,9 +15,9 @@ import contextlib
 import hashlib
 import logging
 import socket
-from datetime import UTC, datetime
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import pymysql
@@ -26,7 +26,7 @@ from centralita.asterisk.ami import Backoff
 from centralita.connector.cdr import FIELD_NAMES, CdrRecord
 from centralita.connector.http import ApiClient, HttpReply, TransportError
 from centralita.connector.metrics import ConnectorMetrics
-from centralita.connector.spool import DEAD, SpoolItem, Spool
+from centralita.connector.spool import DEAD, Spool, SpoolItem
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class SpoolSink:
     def notify(self) -> None:
         self.wake.set()
 
-    async def _wait(self, timeout: float) -> bool:
+    async def _wait(self, timeout: float) -> bool:  # noqa: ASYNC109
         """Wait for new CDRs; True if woken, False on timeout."""
         try:
             await asyncio.wait_for(self.wake.wait(), timeout)
@@ -259,7 +259,7 @@ class ApiSink(SpoolSink):
 _DB_COLUMN = {"start": "start_time", "answer": "answer_time", "end": "end_time"}
 _COLUMNS = FIELD_NAMES
 _INSERT = (
-    f"INSERT IGNORE INTO asterisk_cdrs ({', '.join(_DB_COLUMN.get(c, c) for c in _COLUMNS)}, host)"
+    f"INSERT IGNORE INTO asterisk_cdrs ({', '.join(_DB_COLUMN.get(c, c) for c in _COLUMNS)}, host)"  # noqa: S608
     f" VALUES ({', '.join(['%s'] * (len(_COLUMNS) + 1))})"
 )
 # MariaDB errors that mean "this row is wrong", not "the server is away".

@@ -129,7 +129,9 @@ class Spool:
 
     # CDRs -----------------------------------------------------------------
 
-    async def add(self, entries: Sequence[tuple[CdrRecord, str | None]], source: str) -> list[tuple[CdrRecord, str | None]]:
+    async def add(
+        self, entries: Sequence[tuple[CdrRecord, str | None]], source: str
+    ) -> list[tuple[CdrRecord, str | None]]:
         """Commit records (with their filter reason) durably; return the ones not seen before."""
         if not entries:
             return []
@@ -290,7 +292,7 @@ class Spool:
         row = cursor.fetchone()
         if row is None:
             return None
-        return dict(zip([c[0] for c in cursor.description], row))
+        return dict(zip([c[0] for c in cursor.description], row))  # noqa: B905
 
     async def save_recording(self, path: str, **values: Any) -> None:
         await self._run(self._save_recording, path, values)
@@ -320,7 +322,7 @@ class Spool:
     def _recordings_with_status(self, status: str) -> list[dict[str, Any]]:
         cursor = self.db.execute("SELECT * FROM recordings WHERE status = ? ORDER BY next_try", (status,))
         names = [c[0] for c in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]  # noqa: B905
 
 
 def free_bytes(directory: Path) -> int:

@@ -107,7 +107,7 @@ class FakeAmiServer:
         port: int = 0,
         *,
         username: str = "connector",
-        secret: str = "secret",
+        secret: str = "secret",  # noqa: S107
         csv_path: Path | None = None,
         fragment: bool = False,
     ) -> None:

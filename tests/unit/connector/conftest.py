@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from centralita.config import load_settings
 from centralita.connector.settings import ConnectorSettings
 
@@ -39,3 +38,9 @@ def csv_path(tmp_path: Path) -> Path:
     path = tmp_path / "cdr-custom" / "centralita.csv"
     path.parent.mkdir(parents=True)
     return path
+
+
+@pytest.fixture
+def settings_factory():
+    """Build ConnectorSettings aimed at the stand-ins (a function: ports are known only later)."""
+    return make_settings

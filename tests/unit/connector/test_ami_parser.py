@@ -26,7 +26,7 @@ def test_non_ascii_caller_name_split_inside_a_utf8_character_survives():
 
 
 def test_latin1_caller_name_from_old_gateway_is_readable():
-    raw = b"Event: Cdr\r\nCallerID: \"Jos\xe9\" <1>\r\nUniqueID: 1.1"
+    raw = b'Event: Cdr\r\nCallerID: "Jos\xe9" <1>\r\nUniqueID: 1.1'
     assert parse_message(raw)["CallerID"] == '"José" <1>'
 
 

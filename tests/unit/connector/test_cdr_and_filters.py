@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from centralita.connector.backfill import format_csv_line, parse_csv_line
 from centralita.connector.cdr import CdrError, record_from_event, record_from_fields, resolve_timezone
 from centralita.connector.filters import CdrFilter

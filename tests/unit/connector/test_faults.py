@@ -12,9 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import make_settings
-
-from centralita.asterisk.ami import AmiClient, AmiConnection, AmiAuthError
+from centralita.asterisk.ami import AmiAuthError, AmiClient, AmiConnection
 from centralita.connector.service import Connector
 from centralita.fakes.ami_server import FakeAmiServer, sample_cdr
 from centralita.fakes.cdr_api import FakeCdrApi
@@ -32,7 +30,7 @@ async def wait_until(predicate, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def start_connector(tmp_path: Path, ami: FakeAmiServer, api: FakeCdrApi, **extra: str):
+async def start_connector(make_settings, tmp_path: Path, ami: FakeAmiServer, api: FakeCdrApi, **extra: str):
     settings = make_settings(tmp_path, ami.port, api.base_url, **extra)
     connector = Connector(settings)
     stop = asyncio.Event()
@@ -41,7 +39,7 @@ async def start_connector(tmp_path: Path, ami: FakeAmiServer, api: FakeCdrApi, *
     return connector, stop, task
 
 
-def test_burst_of_20000_cdrs_arrives_exactly_once(tmp_path, csv_path):
+def test_burst_of_20000_cdrs_arrives_exactly_once(tmp_path, csv_path, settings_factory):
     async def scenario():
         ami = FakeAmiServer(csv_path=csv_path, fragment=True)
         await ami.start()
@@ -49,7 +47,7 @@ def test_burst_of_20000_cdrs_arrives_exactly_once(tmp_path, csv_path):
         api.start()
         try:
             connector, stop, task = await start_connector(
-                tmp_path, ami, api, CDR_BATCH_SIZE="500", AMI_PING_TIMEOUT="5"
+                settings_factory, tmp_path, ami, api, CDR_BATCH_SIZE="500", AMI_PING_TIMEOUT="5"
             )
             ami.emit_many([sample_cdr(n) for n in range(20000)])
             await wait_until(lambda: api.count() >= 20000, 90, "20000 CDRs at the API")
@@ -67,14 +65,14 @@ def test_burst_of_20000_cdrs_arrives_exactly_once(tmp_path, csv_path):
     assert processed == 20000
 
 
-def test_api_down_then_up_loses_nothing(tmp_path, csv_path):
+def test_api_down_then_up_loses_nothing(tmp_path, csv_path, settings_factory):
     async def scenario():
         ami = FakeAmiServer(csv_path=csv_path)
         await ami.start()
         api = FakeCdrApi()
         api.start()
         try:
-            connector, stop, task = await start_connector(tmp_path, ami, api)
+            connector, stop, task = await start_connector(settings_factory, tmp_path, ami, api)
             ami.emit_many([sample_cdr(n) for n in range(200)])
             await wait_until(lambda: api.count() >= 200, 20, "the first CDRs")
             api.stop()
@@ -97,7 +95,7 @@ def test_api_down_then_up_loses_nothing(tmp_path, csv_path):
     assert failed_while_down > 0
 
 
-def test_refused_cdr_goes_to_dead_letters_and_the_rest_is_delivered(tmp_path, csv_path):
+def test_refused_cdr_goes_to_dead_letters_and_the_rest_is_delivered(tmp_path, csv_path, settings_factory):
     async def scenario():
         ami = FakeAmiServer(csv_path=csv_path)
         await ami.start()
@@ -106,7 +104,7 @@ def test_refused_cdr_goes_to_dead_letters_and_the_rest_is_delivered(tmp_path, cs
         bad = next(iter(keys_for([37])))
         api.reject(bad)
         try:
-            connector, stop, task = await start_connector(tmp_path, ami, api)
+            connector, stop, task = await start_connector(settings_factory, tmp_path, ami, api)
             ami.emit_many([sample_cdr(n) for n in range(100)])
             await wait_until(lambda: api.count() >= 99, 20, "the good CDRs")
             await wait_until(lambda: connector.metrics.cdrs_dead_lettered.value(sink="api") == 1, 5, "dead letter")
@@ -124,14 +122,14 @@ def test_refused_cdr_goes_to_dead_letters_and_the_rest_is_delivered(tmp_path, cs
     assert letters[0][2].startswith("HTTP 400")
 
 
-def test_ami_restart_recovers_cdrs_raised_while_disconnected(tmp_path, csv_path):
+def test_ami_restart_recovers_cdrs_raised_while_disconnected(tmp_path, csv_path, settings_factory):
     async def scenario():
         ami = FakeAmiServer(csv_path=csv_path)
         await ami.start()
         api = FakeCdrApi()
         api.start()
         try:
-            connector, stop, task = await start_connector(tmp_path, ami, api)
+            connector, stop, task = await start_connector(settings_factory, tmp_path, ami, api)
             ami.emit_many([sample_cdr(n) for n in range(300)])
             await wait_until(lambda: api.count() >= 300, 20, "CDRs before the restart")
             await ami.stop()
@@ -160,8 +158,14 @@ def test_half_open_ami_is_detected_by_ping_and_the_client_reconnects():
         await ami.start()
         states: list[bool] = []
         client = AmiClient(
-            "127.0.0.1", ami.port, "connector", "secret",
-            on_event=lambda _m: None, on_state=states.append, ping_interval=0.2, ping_timeout=0.3,
+            "127.0.0.1",
+            ami.port,
+            "connector",
+            "secret",
+            on_event=lambda _m: None,
+            on_state=states.append,
+            ping_interval=0.2,
+            ping_timeout=0.3,
         )
         task = asyncio.create_task(client.run())
         try:
@@ -225,7 +229,7 @@ def _env_file(tmp_path: Path, ami_port: int, api_url: str) -> Path:
     return path
 
 
-def test_sigkill_mid_batch_then_restart_delivers_every_cdr_once(tmp_path, csv_path):
+def test_sigkill_mid_batch_then_restart_delivers_every_cdr_once(tmp_path, csv_path, settings_factory):
     async def scenario():
         ami = FakeAmiServer(csv_path=csv_path)
         await ami.start()

@@ -1,0 +1,87 @@
+"""Subcommands: ``centralita status`` and ``centralita connector bench|dead-letters|requeue``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from centralita.config import load_settings
+from centralita.connector.settings import ConnectorSettings
+from centralita.connector.spool import Spool
+
+DEFAULT_ENV = "/etc/centralita/connector.env"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    status = subparsers.add_parser("status", help="check Asterisk, AMI, cdr_manager, the CDR API and the spool")
+    status.add_argument("--env-file", default=DEFAULT_ENV)
+    status.set_defaults(func=_status)
+
+    connector = subparsers.add_parser("connector", help="the CDR and recording connector")
+    sub = connector.add_subparsers(dest="connector_command", required=True, metavar="ACTION")
+    bench = sub.add_parser("bench", help="CDRs per second and end-to-end lag through the stand-ins")
+    bench.add_argument("--count", type=int, default=20000)
+    bench.add_argument("--batch-size", type=int, default=500)
+    bench.set_defaults(func=_bench)
+    letters = sub.add_parser("dead-letters", help="list CDRs the API refused")
+    letters.add_argument("--env-file", default=DEFAULT_ENV)
+    letters.add_argument("--sink", default="api", choices=("api", "mariadb"))
+    letters.set_defaults(func=_dead_letters)
+    requeue = sub.add_parser("requeue", help="send dead-lettered CDRs again (restart the connector after)")
+    requeue.add_argument("--env-file", default=DEFAULT_ENV)
+    requeue.add_argument("--sink", default="api", choices=("api", "mariadb"))
+    requeue.set_defaults(func=_requeue)
+
+
+def _settings(args: argparse.Namespace) -> ConnectorSettings:
+    return load_settings(ConnectorSettings, env_file=args.env_file)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from centralita.connector.status import exit_code, render, run_checks
+
+    checks = asyncio.run(run_checks(_settings(args)))
+    print(render(checks))
+    return exit_code(checks)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from centralita.connector.bench import run_bench
+
+    result = run_bench(args.count, args.batch_size)
+    print(f"CDRs sent:      {result.count}")
+    print(f"CDRs received:  {result.received} (duplicates {result.duplicates})")
+    print(f"throughput:     {result.rate:.0f} CDR/s over {result.seconds:.2f} s")
+    print(f"lag p50 / p99:  {result.lag_p50 * 1000:.0f} ms / {result.lag_p99 * 1000:.0f} ms")
+    return 0 if result.received == result.count else 1
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def listing() -> list:
+        spool = Spool(settings.cdr_spool_dir)
+        await spool.open()
+        try:
+            return await spool.dead_letters(args.sink, limit=1000)
+        finally:
+            await spool.close()
+
+    for _id, record, error in asyncio.run(listing()):
+        print(f"{record.key}\t{record.start}\t{record.src} -> {record.dst}\t{error}")
+    return 0
+
+
+def _requeue(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def requeue() -> int:
+        spool = Spool(settings.cdr_spool_dir)
+        await spool.open()
+        try:
+            return await spool.requeue_dead(args.sink)
+        finally:
+            await spool.close()
+
+    print(f"{asyncio.run(requeue())} CDR(s) queued again for {args.sink}")
+    return 0
