@@ -15,7 +15,7 @@ Fixtures (all documented below; other features' lab tests use them too):
   ``check=False`` to get stdout anyway).
 - ``db_query``: ``db_query("SELECT ... WHERE id = %s", (5,)) -> list[dict]`` run in the VM's
   MariaDB (as root over the unix socket, schema ``centralita``); several statements may be
-  given separated by ``;`` — the rows of the last one that returns rows come back.
+  given separated by ``;`` but only one of them may return rows.
 - ``add_peer``: ``add_peer("carrier1") -> address``; a peer host (its own network
   namespace and address on the lab bridge, 10.213.N.100+). Removed again after the test.
 - ``sipp``: ``sipp(peer, scenario_or_sf, target, calls=1, rate=1, timeout=30, extra=[...])
@@ -112,7 +112,13 @@ def parse_batch(output: str) -> list[dict[str, str | None]]:
     if not lines:
         return []
     header = lines[0].split("\t")
-    return [dict(zip(header, (_unescape(f) for f in line.split("\t")), strict=True)) for line in lines[1:]]
+    rows = []
+    for line in lines[1:]:
+        fields = line.split("\t")
+        if len(fields) != len(header):
+            raise ValueError(f"{len(fields)} fields for {len(header)} columns in {line!r}")
+        rows.append(dict(zip(header, (_unescape(f) for f in fields), strict=True)))
+    return rows
 
 
 @dataclasses.dataclass
@@ -139,9 +145,10 @@ class LabHandle:
         )
         if done.returncode != 0:
             raise AssertionError(f"SQL failed in {self.vm}: {done.stderr.strip()}\n{sql}")
-        # Several result sets are printed one after another, each with its header line; keep the last.
-        chunks = [c for c in done.stdout.split("\n\n") if c.strip()]
-        return parse_batch(chunks[-1] + "\n") if chunks else []
+        try:
+            return parse_batch(done.stdout)
+        except ValueError as exc:
+            raise AssertionError(f"cannot read the answer to {sql!r}: {exc}\n{done.stdout[:2000]}") from exc
 
     def peer_address(self, name: str) -> str:
         return self.lab.address(name)
@@ -212,6 +219,9 @@ def add_peer(lab: LabHandle) -> Iterator:
         lab.lab.add_peer(name)
         if not existed:
             made.append(name)
+            # A peer made again gets a new MAC under an address the VM may still have cached
+            # (REACHABLE for a while): forget it, or the VM keeps sending to the old MAC.
+            lab.exec(f"ip neigh flush to {lab.lab.address(name)}", check=False)
         return lab.lab.address(name)
 
     yield _add
@@ -229,6 +239,7 @@ class SippResult:
     stderr: str
     argv: list[str]
     stats: dict[str, str] = dataclasses.field(default_factory=dict)
+    workdir: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -249,7 +260,7 @@ class SippProcess:
         except subprocess.TimeoutExpired:
             self.stop()
             out, err = self.proc.communicate(timeout=SIPP_GRACE_S)
-        return SippResult(self.proc.returncode, out, err, self.argv, _read_stats(self.workdir))
+        return SippResult(self.proc.returncode, out, err, self.argv, _read_stats(self.workdir), self.workdir)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -298,17 +309,18 @@ class Sipp:
         self._n += 1
         workdir = self.tmp / f"sipp{self._n}-{peer}"
         workdir.mkdir(parents=True, exist_ok=True)
-        path = SCENARIOS / scenario if not scenario.startswith("-") else None
+        path = Path(scenario) if Path(scenario).is_absolute() else SCENARIOS / scenario
         args = ["sipp"]
-        if path is not None and path.exists():
+        if path.suffix == ".xml" and path.exists():
             args += ["-sf", str(path)]
-        elif scenario in {"uac", "uas", "-sn uac", "-sn uas"}:
-            args += ["-sn", scenario.split()[-1]]
+        elif scenario in {"uac", "uas"}:
+            args += ["-sn", scenario]
         else:
             raise FileNotFoundError(f"no SIPp scenario {scenario} in {SCENARIOS}")
         args += ["-i", self.lab.peer_address(peer), "-p", str(port), "-m", str(calls), "-r", str(rate)]
-        args += ["-timeout", f"{timeout}s", "-timeout_error", "-nostdin", "-trace_stat"]
+        args += ["-timeout", f"{timeout}s", "-timeout_error", "-nostdin", "-trace_stat", "-trace_msg"]
         args += ["-stf", str(workdir / f"stat_{peer}_.csv"), "-fd", "1"]
+        args += ["-message_file", str(workdir / f"{peer}_messages.log")]
         args += list(extra)
         if target:
             args.append(target)

@@ -22,7 +22,7 @@ SELECT
     CONCAT('sip:', c.host, ':', c.port, IF(c.transport = 'udp', '', CONCAT(';transport=', c.transport))) AS destination,
     0 AS flags,
     c.priority AS priority,
-    CONCAT('duid=carrier', c.id, ';cid=', c.id) AS attrs,
+    CONCAT('duid=carrier', c.id, ';cid=', c.id, ';sd=', c.strip_digits, ';tp=', c.tech_prefix) AS attrs,
     c.name AS description
 FROM carriers c
 WHERE c.enabled = 1;
@@ -239,16 +239,16 @@ BEGIN
           FROM customers WHERE id = NEW.customer_id;
         IF lim IS NOT NULL THEN
             IF used >= lim AND exhausted IS NULL THEN
-                INSERT INTO events (type, severity, source, customer_id, message, payload)
-                VALUES ('minutes_exhausted', 'critical', 'kamailio', NEW.customer_id,
+                INSERT INTO events (created_at, type, severity, source, customer_id, message, payload)
+                VALUES (UTC_TIMESTAMP(3), 'minutes_exhausted', 'critical', 'kamailio', NEW.customer_id,
                         CONCAT('monthly minutes exhausted: ', ROUND(used, 2), ' of ', lim),
                         JSON_OBJECT('minutes_used', used, 'minutes_limit', lim));
                 UPDATE customers SET minutes_exhausted_sent_at = UTC_TIMESTAMP(3),
                        minutes_warning_sent_at = COALESCE(minutes_warning_sent_at, UTC_TIMESTAMP(3))
                  WHERE id = NEW.customer_id;
             ELSEIF used >= lim * pct / 100 AND warned IS NULL THEN
-                INSERT INTO events (type, severity, source, customer_id, message, payload)
-                VALUES ('minutes_warning', 'warning', 'kamailio', NEW.customer_id,
+                INSERT INTO events (created_at, type, severity, source, customer_id, message, payload)
+                VALUES (UTC_TIMESTAMP(3), 'minutes_warning', 'warning', 'kamailio', NEW.customer_id,
                         CONCAT('monthly minutes at ', FLOOR(used * 100 / lim), '%: ', ROUND(used, 2), ' of ', lim),
                         JSON_OBJECT('minutes_used', used, 'minutes_limit', lim, 'warning_pct', pct));
                 UPDATE customers SET minutes_warning_sent_at = UTC_TIMESTAMP(3) WHERE id = NEW.customer_id;
