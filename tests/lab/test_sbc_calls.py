@@ -4,25 +4,18 @@ and events the SBC wrote."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from sbc_world import SbcWorld
 
 NUMBER = "573001234567"
 
 
 @pytest.fixture
-def world(lab, add_peer, sipp) -> Iterator[SbcWorld]:
-    w = SbcWorld(lab, add_peer, sipp)
-    try:
-        yield w
-    finally:
-        sipp.stop_all()
-        w.cleanup()
+def world(sbc_world):
+    """The conftest's SbcWorld: test rows in the SBC tables, removed afterwards."""
+    return sbc_world
 
 
-def call(world: SbcWorld, peer: str, number: str = NUMBER, *, calls: int = 1, rate: float = 10, hold_ms: int = 500,
+def call(world, peer: str, number: str = NUMBER, *, calls: int = 1, rate: float = 10, hold_ms: int = 500,
          timeout: int = 30, scenario: str = "sbc_customer.xml"):  # fmt: skip
     return world.sipp(
         peer, scenario, world.sbc, calls=calls, rate=rate, timeout=timeout, extra=["-s", number, "-d", str(hold_ms)]
