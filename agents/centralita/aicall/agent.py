@@ -93,7 +93,9 @@ class AriCallControl:
         try:
             await self.agent.ari.play(self.channel_id, self.agent.settings.apology_sound, playback_id)
             await asyncio.wait_for(finished, APOLOGY_MAX_S)
-        except (AriError, TimeoutError) as exc:
+        except TimeoutError:
+            log.info("call %s: apology prompt still playing after %.0f s; going on", self.channel_id, APOLOGY_MAX_S)
+        except AriError as exc:
             log.warning("call %s: apology prompt not played: %s", self.channel_id, exc)
         finally:
             self.agent.forget_playback(playback_id)

@@ -134,6 +134,7 @@ class CallSession:
         self._calls_of: dict[str, list[tuple[str, str]]] = {}
         self._end = asyncio.Event()
         self._end_reason = ""
+        self._ending_as: str | None = None
         self._waiting: set[str] = set()
         self._progress_responses: set[str] = set()
         self._item_response: dict[str, str] = {}
@@ -166,9 +167,13 @@ class CallSession:
             self.end("error")
 
     def end(self, reason: str) -> None:
-        """Ask the call to finish; the first reason given is the one recorded."""
+        """Ask the call to finish; the first reason given is the one recorded.
+
+        While the session itself transfers or hangs up, Asterisk reports the caller
+        leaving before the request returns; that report must not become the reason.
+        """
         if not self._end_reason:
-            self._end_reason = reason
+            self._end_reason = self._ending_as or reason
         self._end.set()
 
     def caller_hung_up(self) -> None:
@@ -222,15 +227,25 @@ class CallSession:
         try:
             await self.control.play_apology()
             if self.policy.transfer_target:
-                await self.control.transfer(self.policy.transfer_target)
-                self.record.transferred_to = self.policy.transfer_target
-                self.end(f"{reason}_transferred")
+                await self._transfer(self.policy.transfer_target, f"{reason}_transferred")
             else:
+                self._ending_as = reason
                 await self.control.hangup()
                 self.end(reason)
         except Exception:  # the caller may have gone meanwhile; the call still ends cleanly
             log.exception("call %s: fallback after %s failed", self.name, reason)
             self.end(reason)
+
+    async def _transfer(self, target: str, reason: str) -> None:
+        self._ending_as = reason
+        self.record.transferred_to = target
+        try:
+            await self.control.transfer(target)
+        except Exception:  # refused: the call is not transferred (a cancellation means it was sent)
+            self._ending_as = None
+            self.record.transferred_to = None
+            raise
+        self.end(reason)
 
     # the model's events ---------------------------------------------------------
 
@@ -419,10 +434,9 @@ class CallSession:
         await asyncio.sleep(0.1)  # the last frames are in flight toward the caller
         kind, target = action
         if kind == "transfer" and target:
-            await self.control.transfer(target)
-            self.record.transferred_to = target
-            self.end("transferred")
+            await self._transfer(target, "transferred")
         else:
+            self._ending_as = "assistant_hangup"
             await self.control.hangup()
             self.end("assistant_hangup")
 

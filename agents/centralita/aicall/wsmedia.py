@@ -29,6 +29,8 @@ log = logging.getLogger("centralita.aicall.wsmedia")
 
 CHUNK_BYTES = g711.FRAME_BYTES * 5  # 100 ms per send and per mark: the barge-in accounting grain
 AHEAD_MS = 400  # how far ahead of the playout point audio is handed to Asterisk
+SILENCE_AHEAD_MS = 60  # below this much queued in Asterisk, silence is sent so the caller's RTP never stops
+SILENCE_ITEM = "silence"
 
 
 def parse_control(message: str) -> dict[str, Any]:
@@ -65,6 +67,7 @@ class WebsocketMedia(MediaPath):
         self._marks = 0
         self.media_start: dict[str, Any] = {}
         self.flushes = 0
+        self._flush_pending = False
 
     async def start(self) -> None:
         headers = {}
@@ -114,24 +117,38 @@ class WebsocketMedia(MediaPath):
             self._wake.set()
 
     async def _writer(self, ws: ClientConnection) -> None:
+        silence = g711.silence(self.law, CHUNK_BYTES // g711.FRAME_BYTES)
         try:
             while True:
+                if self._flush_pending:
+                    # ordered with the audio: nothing sent before the flush survives it, nothing after is lost
+                    self._flush_pending = False
+                    await ws.send("FLUSH_MEDIA")
+                    self._outstanding = 0
+                    continue
                 ahead = g711.duration_ms(self._outstanding)
-                if self._xoff or ahead >= AHEAD_MS or self.playout.queued_bytes == 0:
+                if self._xoff or ahead >= AHEAD_MS:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
                 taken = self.playout.take(CHUNK_BYTES)
                 if taken is None:
-                    continue
+                    if ahead >= SILENCE_AHEAD_MS:
+                        self._wake.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), g711.FRAME_MS / 1000)
+                        continue
+                    # Asterisk sends the caller nothing while we send nothing: keep a little silence queued
+                    taken = (silence, SILENCE_ITEM)
                 data, item = taken
-                self._mark_start(item)
+                if item != SILENCE_ITEM:
+                    self._mark_start(item)
                 await ws.send(data)
                 self._sent[item] = self._sent.get(item, 0) + len(data)
                 self._outstanding += len(data)
                 self._marks += 1
                 await ws.send(f"MARK_MEDIA correlation_id:{item}@{self._sent[item]}")
-                self.stats.sent(True)
+                self.stats.sent(item != SILENCE_ITEM)
         except ConnectionClosed:
             return
 
@@ -142,8 +159,8 @@ class WebsocketMedia(MediaPath):
         self._outstanding = 0
         if self._ws is not None and unplayed:
             self.flushes += 1
-            task = asyncio.get_running_loop().create_task(self._ws.send("FLUSH_MEDIA"))
-            self._tasks.append(task)
+            self._flush_pending = True
+            self._wake.set()
         played = g711.duration_ms(self._confirmed.get(item, 0)) if item else 0
         return Played(item, played, queued.dropped_ms + g711.duration_ms(unplayed))
 

@@ -15,6 +15,7 @@ import base64
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -42,6 +43,16 @@ class AriError(RuntimeError):
 
 class AriNotFound(AriError):
     """The channel, bridge or playback no longer exists (usually: the caller hung up)."""
+
+
+def _reason(reply: requests.Response) -> str:
+    """ARI's JSON ``message``, or the text of an HTML error page, on one short line."""
+    try:
+        message = reply.json().get("message")
+    except (ValueError, AttributeError):
+        message = None
+    text = message or re.sub(r"<[^>]+>", " ", reply.text)
+    return " ".join(text.split())[:160]
 
 
 def _ari_base(url: str) -> str:
@@ -87,7 +98,7 @@ class AriClient:
         if reply.status_code == 404:
             raise AriNotFound(f"{method} {path}: not found", 404)
         if reply.status_code >= 400:
-            raise AriError(f"{method} {path}: HTTP {reply.status_code} {reply.text[:200]}", reply.status_code)
+            raise AriError(f"{method} {path}: HTTP {reply.status_code} {_reason(reply)}", reply.status_code)
         if not reply.content:
             return None
         try:

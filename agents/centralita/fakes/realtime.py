@@ -197,9 +197,6 @@ class FakeRealtime:
         self._server: Server | None = None
         self._ids = itertools.count(1)
         self._dropped = False
-        # the script runs across reconnections, as the restored conversation does
-        self.turn_index = 0
-        self.greeted = False
 
     @property
     def url(self) -> str:
@@ -292,6 +289,9 @@ class _Connection:
             },
         }
         self.items: dict[str, _Item] = {}
+        # where the script stands; a reconnecting client restores it by replaying the conversation
+        self.turn_index = 0
+        self.greeted = False
         self.buffer_ms = 0
         self.speaking = False
         self.speech_frames = 0
@@ -471,9 +471,9 @@ class _Connection:
         )
         await self.send({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
         scripted = (
-            self.script.turns[self.server.turn_index] if self.server.turn_index < len(self.script.turns) else None
+            self.script.turns[self.turn_index] if self.turn_index < len(self.script.turns) else None
         )
-        self.server.turn_index += 1
+        self.turn_index += 1
         text = scripted.transcript if scripted else ""
         self.items[item_id] = _Item(item_id, "user", transcript=text)
         item = {
@@ -497,9 +497,9 @@ class _Connection:
                 }
             )
         drop = self.script.drop_after_turns
-        if drop is not None and self.server.turn_index >= drop and not self.server._dropped:
+        if drop is not None and self.turn_index >= drop and not self.server._dropped:
             self.server._dropped = True
-            log.info("stand-in: dropping the connection after turn %d as scripted", self.server.turn_index)
+            log.info("stand-in: dropping the connection after turn %d as scripted", self.turn_index)
             self.ws.transport.abort()
             return
         if turn.get("create_response", True):
@@ -545,8 +545,8 @@ class _Connection:
             turn = self.open_calls.pop(self.outputs_waiting[-1], None)
             self.outputs_waiting.clear()
             plan = (turn.after_tool, turn.after_tool_ms, None) if turn else (self.script.fallback, 1000, None)
-        elif not self.server.greeted:
-            self.server.greeted = True
+        elif not self.greeted:
+            self.greeted = True
             plan = (self.script.greeting, self.script.greeting_ms, None)
         elif params.get("instructions"):
             plan = (self.script.resume, self.script.resume_ms, None)
@@ -741,6 +741,10 @@ class _Connection:
             self.done_calls.discard(call_id)
             self.outputs_waiting.append(call_id)
             self.log.function_outputs.append((call_id, item.get("output", "")))
+        if item.get("type") == "message" and item.get("role") == "user":
+            self.turn_index += 1
+        elif item.get("type") == "message" and item.get("role") == "assistant":
+            self.greeted = True
         item.setdefault("id", self.server.new_id("item"))
         item["object"] = "realtime.item"
         item["status"] = "completed"

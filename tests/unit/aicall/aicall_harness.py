@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from centralita.aicall import g711
 from centralita.aicall.rtp import PAYLOAD_TYPES, RtpPacket
@@ -88,15 +89,26 @@ class RtpPeer(asyncio.DatagramProtocol):
 
 @dataclass
 class RecordingControl:
-    """Call control for in-process tests: records what the session asked Asterisk to do."""
+    """Call control for in-process tests: records what the session asked Asterisk to do.
+
+    Like Asterisk, it reports the caller leaving the application (StasisEnd) before the
+    transfer or hang-up request returns, when it knows the session.
+    """
 
     actions: list[tuple[str, str | None]] = field(default_factory=list)
+    session: Any = None
 
     async def transfer(self, target: str) -> None:
         self.actions.append(("transfer", target))
+        if self.session is not None:
+            self.session.caller_hung_up()
+        await asyncio.sleep(0.01)
 
     async def hangup(self) -> None:
         self.actions.append(("hangup", None))
+        if self.session is not None:
+            self.session.caller_hung_up()
+        await asyncio.sleep(0.01)
 
     async def play_apology(self) -> None:
         self.actions.append(("apology", None))

@@ -72,6 +72,7 @@ async def call(
         policy=policy,
         metrics=metrics,
     )
+    control.session = session
     task = asyncio.get_running_loop().create_task(session.run())
     rig = Rig(session, peer, media, control, metrics, task)
     try:
