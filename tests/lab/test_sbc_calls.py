@@ -64,3 +64,291 @@ def test_unknown_source_ip_gets_403_logged_for_fail2ban(world, vm_exec):
     )
     assert rows and rows[-1]["reject_reason"] == "unknown_source"
     world.q("DELETE FROM sbc_cdrs WHERE source_ip = %s AND customer_id IS NULL", (stranger,))
+
+
+def test_cdr_timings_follow_the_carrier_script(world):
+    """Carrier: 180 after 300 ms, 200 after 2 s more, BYE 5 s after answering."""
+    world.add_peer("cust")
+    car_ip = world.add_peer("carrier1")
+    customer = world.customer(world.lab.peer_address("cust"))
+    world.carrier(car_ip)
+    world.reload()
+    uas = world.sipp.start("carrier1", "sbc_carrier_answer.xml", calls=1, timeout=30)
+
+    result = call(world, "cust", scenario="sbc_customer_wait_bye.xml")
+
+    assert result.ok, result.stdout[-2000:]
+    assert uas.wait(10).ok
+    (cdr,) = world.cdrs(customer)
+    assert cdr["disposition"] == "answered"
+    assert cdr["hangup_side"] == "callee"
+    assert 280 <= int(cdr["pdd_ms"]) <= 450, cdr
+    assert 1950 <= int(cdr["ring_ms"]) <= 2250, cdr
+    assert 4950 <= int(cdr["billable_ms"]) <= 5400, cdr
+    assert 7200 <= int(cdr["total_ms"]) <= 7900, cdr
+    assert cdr["invite_at"] < cdr["progress_at"] < cdr["answer_at"] < cdr["end_at"]
+    assert "." in cdr["invite_at"], "timestamps keep milliseconds"
+    traces = world.q(
+        "SELECT method, status_code, direction FROM sip_traces WHERE call_id = %s ORDER BY captured_at, id",
+        (cdr["call_id"],),
+    )
+    methods = {t["method"] for t in traces if t["method"]}
+    codes = {t["status_code"] for t in traces if t["status_code"]}
+    assert {"INVITE", "ACK", "BYE"} <= methods, traces
+    assert {"180", "200"} <= codes, traces
+
+
+def test_cps_over_the_limit_is_refused_with_503_and_alerted(world):
+    world.add_peer("cust")
+    car_ip = world.add_peer("carrier1")
+    customer = world.customer(world.lab.peer_address("cust"), max_cps=2)
+    world.carrier(car_ip)
+    world.reload()
+    world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=8, timeout=30)
+
+    result = call(world, "cust", calls=8, rate=40, hold_ms=200)
+
+    cdrs = world.cdrs(customer, expect=8)
+    refused = [c for c in cdrs if c["reject_reason"] == "cps_exceeded"]
+    assert refused, cdrs
+    assert all(c["sip_code"] == "503" and c["disposition"] == "rejected" for c in refused)
+    assert len(cdrs) - len(refused) >= 2
+    assert "X-Centralita-Reason: cps_exceeded" in world.messages(result)
+    assert len(world.wait_events(customer=customer, type_="cps_exceeded")) == 1
+
+
+def test_channel_limit_counts_calls_still_ringing(world):
+    world.add_peer("cust")
+    car_ip = world.add_peer("carrier1")
+    customer = world.customer(world.lab.peer_address("cust"), max_channels=2)
+    world.carrier(car_ip)
+    world.reload()
+    # this carrier rings for 2.3 s before answering: the third call arrives while two ring
+    world.sipp.start("carrier1", "sbc_carrier_answer.xml", calls=2, timeout=30)
+
+    result = call(world, "cust", calls=3, rate=20, scenario="sbc_customer_wait_bye.xml")
+
+    cdrs = world.cdrs(customer, expect=3, timeout=20)
+    assert sorted(c["reject_reason"] or "" for c in cdrs) == ["", "", "channels_exceeded"], cdrs
+    assert "X-Centralita-Reason: channels_exceeded" in world.messages(result)
+    assert world.wait_events(customer=customer, type_="channels_exceeded")
+
+
+def test_exhausted_monthly_minutes_refuse_new_calls(world):
+    world.add_peer("cust")
+    car_ip = world.add_peer("carrier1")
+    customer = world.customer(world.lab.peer_address("cust"), minutes_limit=10, minutes_used=10)
+    world.carrier(car_ip)
+    world.reload()
+
+    result = call(world, "cust")
+
+    (cdr,) = world.cdrs(customer)
+    assert (cdr["reject_reason"], cdr["sip_code"]) == ("minutes_exhausted", "403")
+    assert "X-Centralita-Reason: minutes_exhausted" in world.messages(result)
+    assert len(world.wait_events(customer=customer, type_="minutes_exhausted")) == 1
+
+
+def test_minutes_warning_is_raised_once_past_80_percent(world):
+    world.add_peer("cust")
+    car_ip = world.add_peer("carrier1")
+    customer = world.customer(world.lab.peer_address("cust"), minutes_limit=1, minutes_used=0.79)
+    world.carrier(car_ip)
+    world.reload()
+    world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=1, timeout=30)
+
+    assert call(world, "cust", hold_ms=1500).ok
+
+    world.cdrs(customer)
+    (event,) = world.wait_events(customer=customer, type_="minutes_warning")
+    assert event["severity"] == "warning"
+    used = world.q("SELECT minutes_used FROM customers WHERE id = %s", (customer,))[0]["minutes_used"]
+    assert float(used) == pytest.approx(0.79 + 2 / 60, abs=0.01)
+
+
+def test_running_call_is_cut_when_the_minutes_run_out(world):
+    world.add_peer("cust")
+    car_ip = world.add_peer("carrier1")
+    customer = world.customer(world.lab.peer_address("cust"), minutes_limit=1, minutes_used=1 - 3 / 60)
+    world.carrier(car_ip)
+    world.reload()
+    uas = world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=1, timeout=30)
+
+    result = call(world, "cust", scenario="sbc_customer_wait_bye.xml", timeout=20)
+
+    assert result.ok, result.stdout[-2000:]
+    assert uas.wait(10).ok, "the carrier got the SBC's BYE"
+    (cdr,) = world.cdrs(customer)
+    assert cdr["hangup_side"] == "sbc"
+    assert 2500 <= int(cdr["billable_ms"]) <= 4200, cdr
+
+
+def test_dialing_plan_allows_and_denies_by_longest_prefix(world):
+    world.add_peer("cust")
+    car_ip = world.add_peer("carrier1")
+    plan = world.plan("deny", {"57": "allow", "573009": "deny"})
+    customer = world.customer(world.lab.peer_address("cust"), plan=plan)
+    world.carrier(car_ip)
+    world.reload()
+    world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=1, timeout=30)
+
+    assert call(world, "cust", "573001234567").ok
+    denied = call(world, "cust", "573009876543")
+    elsewhere = call(world, "cust", "14155550100")
+
+    cdrs = world.cdrs(customer, expect=3)
+    by_number = {c["callee_original"]: c for c in cdrs}
+    assert by_number["573001234567"]["disposition"] == "answered"
+    assert by_number["573009876543"]["reject_reason"] == "dialing_plan"
+    assert by_number["14155550100"]["reject_reason"] == "dialing_plan"
+    assert "X-Centralita-Reason: dialing_plan" in world.messages(denied)
+    assert "SIP/2.0 403" in world.messages(elsewhere)
+
+
+def test_numbers_are_normalised_before_routing_and_both_reach_the_cdr(world):
+    world.add_peer("cust")
+    car_ip = world.add_peer("carrier1")
+    customer = world.customer(world.lab.peer_address("cust"), tech_prefix="7777")
+    world.q(
+        "INSERT INTO normalization_rules (customer_id, match_type, pattern, strip_digits, prepend, priority)"
+        " VALUES (%s, 'prefix', '0', 1, '57', 10)",
+        (customer,),
+    )
+    world.carrier(car_ip, tech_prefix="99#")
+    world.reload()
+    uas = world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=3, timeout=40)
+
+    for dialled in ("777703001234567", "7777+573001234567", "77770057 3001234567".replace(" ", "")):
+        assert call(world, "cust", dialled).ok
+
+    cdrs = world.cdrs(customer, expect=3)
+    assert [c["callee_original"] for c in cdrs] == ["777703001234567", "7777+573001234567", "77770057" + "3001234567"]
+    assert {c["callee_normalized"] for c in cdrs} == {"573001234567"}
+    assert {c["tech_prefix"] for c in cdrs} == {"7777"}
+    uas.wait(10)
+    assert "INVITE sip:99#573001234567@" in world.messages(uas), "the carrier gets its own tech prefix"
+
+
+def test_lcr_tries_cheapest_first_never_below_sell_rate_and_priority_overrides(world):
+    world.add_peer("cust")
+    ips = [world.add_peer(f"carrier{i}") for i in range(3)]
+    customer = world.customer(world.lab.peer_address("cust"), sell={"57": 0.025, "5730": 0.05})
+    dear = world.carrier(ips[0], rates={"57": 0.03})
+    cheap = world.carrier(ips[1], rates={"57": 0.01, "573": 0.015})
+    middle = world.carrier(ips[2], rates={"57": 0.02})
+    world.reload()
+    for i in range(3):
+        world.sipp.start(f"carrier{i}", "sbc_carrier_503.xml", calls=3, timeout=40)
+
+    call(world, "cust", "573101234567")  # sell 0.025: the 0.03 carrier would lose money
+    call(world, "cust", "573001234567")  # sell 0.05 for 5730: every carrier fits
+    world.q("UPDATE carriers SET priority = 10 WHERE id = %s", (middle,))
+    call(world, "cust", "573001234567")
+
+    first, second, third = world.cdrs(customer, expect=3)
+    assert [t["carrier_id"] for t in world.tried(first)] == [cheap, middle]
+    assert [t["carrier_id"] for t in world.tried(second)] == [cheap, middle, dear]
+    assert [t["carrier_id"] for t in world.tried(third)] == [middle, cheap, dear]
+    assert {t["code"] for cdr in (first, second, third) for t in world.tried(cdr)} == {503}
+    assert third["sip_code"] == "503" and third["disposition"] == "failed"
+
+
+def test_failover_to_the_next_carrier_after_503(world):
+    world.add_peer("cust")
+    bad = world.carrier(world.add_peer("carrier1"), rates={"57": 0.01})
+    good = world.carrier(world.add_peer("carrier2"), rates={"57": 0.02})
+    customer = world.customer(world.lab.peer_address("cust"))
+    world.reload()
+    world.sipp.start("carrier1", "sbc_carrier_503.xml", calls=1, timeout=30)
+    world.sipp.start("carrier2", "sbc_carrier_quick.xml", calls=1, timeout=30)
+
+    assert call(world, "cust").ok
+
+    (cdr,) = world.cdrs(customer)
+    assert cdr["disposition"] == "answered"
+    assert world.tried(cdr) == [{"carrier_id": bad, "code": 503}, {"carrier_id": good, "code": 200}]
+    assert int(cdr["carrier_id"]) == good
+
+
+def test_busy_goes_back_to_the_customer_without_failover(world):
+    world.add_peer("cust")
+    busy = world.carrier(world.add_peer("carrier1"), rates={"57": 0.01})
+    world.carrier(world.add_peer("carrier2"), rates={"57": 0.02})
+    customer = world.customer(world.lab.peer_address("cust"))
+    world.reload()
+    world.sipp.start("carrier1", "sbc_carrier_486.xml", calls=1, timeout=30)
+    second = world.sipp.start("carrier2", "sbc_carrier_quick.xml", calls=1, timeout=30)
+
+    result = call(world, "cust")
+
+    assert "SIP/2.0 486" in world.messages(result)
+    (cdr,) = world.cdrs(customer)
+    assert (cdr["disposition"], cdr["sip_code"]) == ("busy", "486")
+    assert world.tried(cdr) == [{"carrier_id": busy, "code": 486}]
+    second.stop()
+    assert "INVITE sip:" not in world.messages(second)
+
+
+def test_invite_timeout_fails_over_marks_the_carrier_down_and_probing_brings_it_back(world):
+    world.add_peer("cust")
+    silent = world.carrier(world.add_peer("carrier1"), rates={"57": 0.01})
+    good = world.carrier(world.add_peer("carrier2"), rates={"57": 0.02})
+    customer = world.customer(world.lab.peer_address("cust"))
+    world.reload()
+    quiet = world.sipp.start("carrier1", "sbc_carrier_silent.xml", calls=1, timeout=30)
+    world.sipp.start("carrier2", "sbc_carrier_quick.xml", calls=1, timeout=40)
+
+    result = call(world, "cust", timeout=40)
+
+    assert result.ok, result.stdout[-2000:]
+    (cdr,) = world.cdrs(customer)
+    assert world.tried(cdr) == [{"carrier_id": silent, "code": 408}, {"carrier_id": good, "code": 200}]
+    assert int(cdr["pdd_ms"]) >= 14500, "the default INVITE timeout is 15 s"
+    assert world.wait_events(carrier=silent, type_="carrier_down")
+    assert world.q("SELECT state FROM carriers WHERE id = %s", (silent,))[0]["state"] == "down"
+
+    quiet.stop()
+    world.sipp.start("carrier1", "sbc_carrier_options.xml", calls=3, timeout=40)
+    assert world.wait_events(carrier=silent, type_="carrier_recovered", timeout=30)
+    assert world.q("SELECT state FROM carriers WHERE id = %s", (silent,))[0]["state"] == "up"
+
+
+def test_blacklisted_source_is_refused_before_anything_else(world):
+    cust_ip = world.add_peer("cust")
+    car_ip = world.add_peer("carrier1")
+    customer = world.customer(cust_ip)
+    world.carrier(car_ip)
+    world.blacklist(cust_ip)
+    world.reload()
+
+    result = call(world, "cust")
+
+    assert "X-Centralita-Reason: blacklisted" in world.messages(result)
+    assert world.cdrs(customer, timeout=2) == [], "refused before the customer was even looked up"
+    rows = world.q("SELECT reject_reason FROM sbc_cdrs WHERE source_ip = %s ORDER BY id DESC LIMIT 1", (cust_ip,))
+    assert rows[0]["reject_reason"] == "blacklisted"
+    world.q("DELETE FROM sbc_cdrs WHERE source_ip = %s AND customer_id IS NULL", (cust_ip,))
+
+
+def test_flood_from_one_source_is_banned_for_an_hour(world):
+    scanner = world.add_peer("scanner")
+    world.blacklisted.append(scanner)  # cleanup lifts the ban again
+
+    world.sipp("scanner", "sbc_flood.xml", world.sbc, calls=300, rate=300, timeout=10, extra=["-s", "100"])
+
+    events = world.q(
+        "SELECT * FROM events WHERE type = 'security_flood_detected' AND JSON_VALUE(payload, '$.ip') = %s", (scanner,)
+    )
+    assert len(events) == 1
+    (ban,) = world.q("SELECT * FROM ip_blacklist WHERE ip_addr = %s", (scanner,))
+    assert ban["source"] == "flood"
+    left = world.q("SELECT TIMESTAMPDIFF(SECOND, UTC_TIMESTAMP(3), %s) AS s", (ban["expires_at"],))[0]["s"]
+    assert 3500 <= int(left) <= 3600
+    # banned: even a single request now goes unanswered
+    probe = world.sipp("scanner", "sbc_customer.xml", world.sbc, calls=1, timeout=3, extra=["-s", NUMBER])
+    assert "SIP/2.0" not in world.messages(probe).split("UDP message received")[-1] or "received" not in world.messages(
+        probe
+    )
+    world.q(
+        "DELETE FROM events WHERE type = 'security_flood_detected' AND JSON_VALUE(payload, '$.ip') = %s", (scanner,)
+    )

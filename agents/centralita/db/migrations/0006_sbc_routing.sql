@@ -134,6 +134,12 @@ END//
 -- A raw CDR -> durations, disposition, cost and price. Rates are looked up by
 -- every prefix of the normalised number at once (indexed), longest wins, as
 -- in effect at the INVITE.
+--
+-- Every read in these triggers is a locking read: CDRs of one customer are
+-- written concurrently, and with InnoDB's snapshot isolation (the default on
+-- MariaDB 11.8) a plain read would open a snapshot that makes the later
+-- UPDATE of the customer's row fail ("Record has changed since last read")
+-- and the CDR would be lost.
 CREATE OR REPLACE TRIGGER sbc_cdrs_bill BEFORE INSERT ON sbc_cdrs FOR EACH ROW
 BEGIN
     DECLARE n VARCHAR(64);
@@ -141,8 +147,20 @@ BEGIN
     DECLARE r_rate, r_fee DECIMAL(12, 6);
     DECLARE r_init, r_inc INT;
     DECLARE r_prefix VARCHAR(32);
+    DECLARE cur CHAR(3);
 
     SET n = COALESCE(NEW.callee_normalized, NEW.callee_original);
+    -- 180 and 200 are handled by different Kamailio processes: a 180 seen a
+    -- hair after the 200 of the same call counts as arriving with it
+    IF NEW.progress_at IS NOT NULL AND NEW.answer_at IS NOT NULL AND NEW.progress_at > NEW.answer_at THEN
+        SET NEW.progress_at = NEW.answer_at;
+    END IF;
+    IF NEW.progress_at < NEW.invite_at THEN
+        SET NEW.progress_at = NULL;
+    END IF;
+    IF NEW.answer_at < NEW.invite_at THEN
+        SET NEW.answer_at = NULL;
+    END IF;
     IF NEW.progress_at IS NOT NULL AND NEW.progress_at >= NEW.invite_at THEN
         SET NEW.pdd_ms = TIMESTAMPDIFF(MICROSECOND, NEW.invite_at, NEW.progress_at) DIV 1000;
     END IF;
@@ -182,7 +200,8 @@ BEGIN
                               LEFT(n, 14), LEFT(n, 15), LEFT(n, 16))
                AND effective_from <= NEW.invite_at AND (effective_to IS NULL OR effective_to > NEW.invite_at)
              ORDER BY CHAR_LENGTH(prefix) DESC, effective_from DESC
-             LIMIT 1;
+             LIMIT 1
+             LOCK IN SHARE MODE;
             IF r_rate IS NOT NULL THEN
                 SET NEW.billed_seconds_cost = IF(secs <= r_init, r_init, r_init + CEIL((secs - r_init) / r_inc) * r_inc);
                 SET NEW.cost = ROUND(NEW.billed_seconds_cost / 60 * r_rate + r_fee, 6);
@@ -200,12 +219,14 @@ BEGIN
                               LEFT(n, 14), LEFT(n, 15), LEFT(n, 16))
                AND effective_from <= NEW.invite_at AND (effective_to IS NULL OR effective_to > NEW.invite_at)
              ORDER BY CHAR_LENGTH(prefix) DESC, effective_from DESC
-             LIMIT 1;
+             LIMIT 1
+             LOCK IN SHARE MODE;
             IF r_rate IS NOT NULL THEN
                 SET NEW.billed_seconds_price = IF(secs <= r_init, r_init, r_init + CEIL((secs - r_init) / r_inc) * r_inc);
                 SET NEW.price = ROUND(NEW.billed_seconds_price / 60 * r_rate + r_fee, 6);
                 SET NEW.customer_rate_prefix = r_prefix;
-                SET NEW.currency = (SELECT currency FROM customers WHERE id = NEW.customer_id);
+                SELECT currency INTO cur FROM customers WHERE id = NEW.customer_id FOR UPDATE;
+                SET NEW.currency = cur;
             END IF;
         END IF;
     END IF;
@@ -236,7 +257,8 @@ BEGIN
         SELECT monthly_minutes_limit, minutes_used, minutes_warning_pct, minutes_warning_sent_at,
                minutes_exhausted_sent_at
           INTO lim, used, pct, warned, exhausted
-          FROM customers WHERE id = NEW.customer_id;
+          FROM customers WHERE id = NEW.customer_id
+           FOR UPDATE;
         IF lim IS NOT NULL THEN
             IF used >= lim AND exhausted IS NULL THEN
                 INSERT INTO events (created_at, type, severity, source, customer_id, message, payload)
@@ -257,6 +279,18 @@ BEGIN
     END IF;
 
     IF NEW.carriers_tried IS NOT NULL THEN
+        UPDATE carriers c
+          JOIN JSON_TABLE(NEW.carriers_tried, '$[*]' COLUMNS (
+                   carrier_id BIGINT UNSIGNED PATH '$.carrier_id',
+                   code INT PATH '$.code')) AS t ON t.carrier_id = c.id
+           SET c.daily_calls = IF(c.daily_stats_date = UTC_DATE(), c.daily_calls, 0) + 1,
+               c.daily_answered = IF(c.daily_stats_date = UTC_DATE(), c.daily_answered, 0) + (t.code BETWEEN 200 AND 299),
+               c.daily_failed = IF(c.daily_stats_date = UTC_DATE(), c.daily_failed, 0)
+                   + (t.code >= 300 AND t.code NOT IN (404, 484, 486, 487, 600, 603)),
+               c.daily_minutes = IF(c.daily_stats_date = UTC_DATE(), c.daily_minutes, 0)
+                   + IF(t.code BETWEEN 200 AND 299, NEW.billable_ms / 60000, 0),
+               c.daily_stats_date = UTC_DATE();
+
         INSERT INTO carrier_daily_stats (carrier_id, stat_date, calls, answered, failed, billable_ms, pdd_ms_sum,
                                          pdd_count, cost)
         SELECT t.carrier_id, DATE(NEW.invite_at), 1,
@@ -275,17 +309,6 @@ BEGIN
             billable_ms = billable_ms + VALUES(billable_ms), pdd_ms_sum = pdd_ms_sum + VALUES(pdd_ms_sum),
             pdd_count = pdd_count + VALUES(pdd_count), cost = cost + VALUES(cost);
 
-        UPDATE carriers c
-          JOIN JSON_TABLE(NEW.carriers_tried, '$[*]' COLUMNS (
-                   carrier_id BIGINT UNSIGNED PATH '$.carrier_id',
-                   code INT PATH '$.code')) AS t ON t.carrier_id = c.id
-           SET c.daily_calls = IF(c.daily_stats_date = UTC_DATE(), c.daily_calls, 0) + 1,
-               c.daily_answered = IF(c.daily_stats_date = UTC_DATE(), c.daily_answered, 0) + (t.code BETWEEN 200 AND 299),
-               c.daily_failed = IF(c.daily_stats_date = UTC_DATE(), c.daily_failed, 0)
-                   + (t.code >= 300 AND t.code NOT IN (404, 484, 486, 487, 600, 603)),
-               c.daily_minutes = IF(c.daily_stats_date = UTC_DATE(), c.daily_minutes, 0)
-                   + IF(t.code BETWEEN 200 AND 299, NEW.billable_ms / 60000, 0),
-               c.daily_stats_date = UTC_DATE();
     END IF;
 END//
 
