@@ -171,6 +171,7 @@ class _Control:
 @dataclass
 class Point:
     calls: int
+    alive: int  # calls still up at the end of the measurement (all of them, unless the agent failed)
     inbound_p50_ms: float
     inbound_p99_ms: float
     outbound_p50_ms: float
@@ -180,6 +181,7 @@ class Point:
     max_gap_ms: float
     cpu_per_call_percent: float
     agent_cpu_percent: float
+    load_average: float  # the host's 1-minute load when the point ended: other work skews every timing
 
 
 def _pin(cores: set[int] | None):
@@ -234,6 +236,10 @@ async def run_point(calls: int, seconds: float, law: str = "ulaw", pin: bool = T
             )
             sessions.append(session)
             tasks.append(asyncio.get_running_loop().create_task(session.run()))
+        deadline = time.monotonic() + 60
+        # every call's model socket open before measuring (polled: set-up only)
+        while any(s.model._ws is None for s in sessions) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
         targets = ",".join(f"{m.local[0]}:{m.local[1]}" for m in medias)
         generator = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "centralita.aicall.bench", "generator", "--targets", targets,
@@ -246,12 +252,14 @@ async def run_point(calls: int, seconds: float, law: str = "ulaw", pin: bool = T
         cpu, wall = time.process_time(), time.perf_counter()
         result = await _read_json_line(generator, seconds + 30)
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        alive = sum(1 for s in sessions if not s.ended)
         outbound = pacer.lateness or []
         pacer.lateness = None
         inbound_ms = [v * 1000 for v in inbound]
         outbound_ms = [v * 1000 for v in outbound]
         return Point(
             calls=calls,
+            alive=alive,
             inbound_p50_ms=_percentile(inbound_ms, 0.5),
             inbound_p99_ms=_percentile(inbound_ms, 0.99),
             outbound_p50_ms=_percentile(outbound_ms, 0.5),
@@ -261,6 +269,7 @@ async def run_point(calls: int, seconds: float, law: str = "ulaw", pin: bool = T
             max_gap_ms=result["max_gap_ms"],
             cpu_per_call_percent=100 * cpu / wall / calls,
             agent_cpu_percent=100 * cpu / wall,
+            load_average=os.getloadavg()[0],
         )
     finally:
         for session in sessions:
@@ -282,17 +291,17 @@ async def run_point(calls: int, seconds: float, law: str = "ulaw", pin: bool = T
 
 def table(points: list[Point]) -> str:
     lines = [
-        "| calls | in p50 / p99 ms | out p50 / p99 ms | jitter p50 / p99 ms | worst gap ms "
-        "| CPU per call % | agent CPU % |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| calls (alive) | in p50 / p99 ms | out p50 / p99 ms | jitter p50 / p99 ms | worst gap ms "
+        "| CPU per call % | agent CPU % | host load |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in points:
         lines.append(
-            f"| {p.calls} | {p.inbound_p50_ms:.2f} / {p.inbound_p99_ms:.2f} | {p.outbound_p50_ms:.2f} / "
+            f"| {p.calls} ({p.alive}) | {p.inbound_p50_ms:.2f} / {p.inbound_p99_ms:.2f} | {p.outbound_p50_ms:.2f} / "
             f"{p.outbound_p99_ms:.2f} | {p.jitter_p50_ms:.2f} / {p.jitter_p99_ms:.2f} | {p.max_gap_ms:.1f} | "
-            f"{p.cpu_per_call_percent:.2f} | {p.agent_cpu_percent:.0f} |"
+            f"{p.cpu_per_call_percent:.2f} | {p.agent_cpu_percent:.0f} | {p.load_average:.1f} |"
         )
-    good = [p for p in points if p.jitter_p99_ms < 2.0]
+    good = [p for p in points if p.jitter_p99_ms < 2.0 and p.alive == p.calls]
     if good:
         best = max(good, key=lambda p: p.calls)
         lines.append("")

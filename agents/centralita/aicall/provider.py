@@ -65,6 +65,7 @@ class SpeechStarted:
 class SpeechStopped:
     item_id: str
     audio_end_ms: int
+    speech_end_at: float | None = None  # monotonic time the caller's last speech left the agent, when known
 
 
 @dataclass(frozen=True)

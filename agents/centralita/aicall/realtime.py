@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
+import collections
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -129,6 +132,8 @@ class RealtimeSession(ModelSession):
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._writing = False
+        self._buffer_ms = 0  # input audio sent on this socket, in ms (the server's audio_*_ms clock)
+        self._audio_marks: collections.deque[tuple[int, float]] = collections.deque(maxlen=3000)
         self._progress: set[str] = set()
         self._function_calls: dict[str, list[str]] = {}
         self.sent_audio_bytes = 0
@@ -156,6 +161,8 @@ class RealtimeSession(ModelSession):
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise ModelUnavailable(f"realtime connect to {urlsplit(self.url).netloc} failed: {exc}") from exc
         self._outbox = asyncio.Queue()
+        self._buffer_ms = 0
+        self._audio_marks.clear()
         self._writer = asyncio.get_running_loop().create_task(
             self._write(self._ws), name=f"realtime-writer-{self.name}"
         )
@@ -178,10 +185,22 @@ class RealtimeSession(ModelSession):
         except ConnectionClosed:
             return  # the reader reports the close
 
+    def audio_sent_at(self, position_ms: int) -> float | None:
+        """When the input audio at ``position_ms`` of this socket's buffer was sent (monotonic)."""
+        marks = self._audio_marks
+        if not marks or position_ms < 0:
+            return None
+        index = bisect.bisect_left(marks, (position_ms, 0.0))
+        if index >= len(marks):
+            return None
+        return marks[index][1]
+
     def send_audio(self, audio: bytes) -> None:
         ws = self._ws
         if ws is None:
             return
+        self._buffer_ms += len(audio) * 1000 // 8000
+        self._audio_marks.append((self._buffer_ms, time.monotonic()))
         self.sent_audio_bytes += len(audio)
         message = '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(audio).decode("ascii") + '"}'
         # The hot path: 50 frames a second per call. When nothing is queued or being written and the
@@ -267,7 +286,10 @@ class RealtimeSession(ModelSession):
         if kind == "input_audio_buffer.speech_started":
             return SpeechStarted(event["item_id"], event.get("audio_start_ms", 0))
         if kind == "input_audio_buffer.speech_stopped":
-            return SpeechStopped(event["item_id"], event.get("audio_end_ms", 0))
+            end_ms = event.get("audio_end_ms", 0)
+            # audio_end_ms includes the VAD's trailing silence: the caller stopped that much earlier
+            spoken_ms = end_ms - (self.config.vad_silence_duration_ms if self.config.vad_type == "server_vad" else 0)
+            return SpeechStopped(event["item_id"], end_ms, self.audio_sent_at(spoken_ms))
         if kind == "conversation.item.input_audio_transcription.completed":
             return Transcript("caller", event.get("transcript", ""), event["item_id"])
         if kind == "response.output_audio_transcript.done":

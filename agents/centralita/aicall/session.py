@@ -302,8 +302,10 @@ class CallSession:
         elif isinstance(event, SpeechStarted):
             self._barge_in()
         elif isinstance(event, SpeechStopped):
-            self._turn = TurnRecord(time.time())
-            self._turn_started = time.monotonic()
+            now = time.monotonic()
+            started = event.speech_end_at if event.speech_end_at is not None and event.speech_end_at <= now else now
+            self._turn = TurnRecord(time.time() - (now - started))
+            self._turn_started = started
             self.record.turns.append(self._turn)
         elif isinstance(event, Transcript):
             self._transcript(event)

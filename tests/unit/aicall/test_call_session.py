@@ -112,7 +112,9 @@ def test_greeting_and_answer_reach_the_caller_and_the_call_is_recorded() -> None
         ("assistant", "buenas tardes"),
     ]
     assert 2200 <= rig.peer.loud_ms() <= 2400  # greeting 1.5 s + answer 0.8 s, nothing lost or doubled
-    assert len(record.turns) == 1 and record.turns[0].latency_ms is not None and record.turns[0].latency_ms < 200
+    # from the end of the caller's speech: the model's 500 ms silence window, then the reply's first frame
+    (turn,) = record.turns
+    assert turn.latency_ms is not None and 500 <= turn.latency_ms < 700
     assert record.total("total_tokens") > 0 and len(record.usage) == 2
     assert rig.metrics.calls.value(reason="caller_hangup") == 1 and rig.metrics.active_calls.value() == 0
     assert fake.connections[0].invalid == [] and fake.connections[0].errors == []
@@ -138,7 +140,7 @@ def test_barge_in_drops_queued_audio_at_once_and_truncates_at_what_was_played() 
     (_item, audio_end_ms) = conn.truncations[0]
     heard = rig.peer.loud_ms()
     assert abs(audio_end_ms - heard) <= 60, "the model is told what the caller really heard"
-    assert 1400 <= audio_end_ms <= 2600
+    assert 1200 <= audio_end_ms <= 2600
     assert rig.peer.loud_ms(since=truncated_at + 0.03) == 0, "no reply audio after the barge-in"
     assert conn.errors == [] and rig.metrics.barge_ins.value() == 1
 
