@@ -15,6 +15,7 @@ from centralita.config import ConfigError
 from centralita.logs import setup_logging
 
 COMMAND_MODULES = [
+    "centralita.sbc.cli",
     "centralita.db.cli",
     "centralita.lab.cli",
     "centralita.aicall.cli",

@@ -52,11 +52,13 @@ class KamailioRpc:
             raise RpcError(f"{method}: Kamailio at {self.url} did not answer within {self.timeout:g} s") from None
         except OSError as exc:
             raise RpcError(f"{method}: cannot reach Kamailio at {self.url}: {exc}") from exc
-        if status != 200:
-            raise RpcError(f"{method}: HTTP {status} from {self.url}: {payload[:200]!r}")
         try:
             answer = json.loads(payload)
         except ValueError as exc:
+            # jsonrpcs answers RPC errors with a JSON body and an HTTP error status; anything
+            # else (a proxy's error page, a wrong port) is a transport problem
+            if status != 200:
+                raise RpcError(f"{method}: HTTP {status} from {self.url}: {payload[:200]!r}") from None
             raise RpcError(f"{method}: Kamailio sent something that is not JSON: {payload[:200]!r}") from exc
         if not isinstance(answer, dict):
             raise RpcError(f"{method}: unexpected JSON-RPC answer {answer!r:.200}")
