@@ -21,6 +21,9 @@ Fixtures (all documented below; other features' lab tests use them too):
 - ``sbc_world``: an :class:`SbcWorld` for SBC tests: customers, carriers, rates, dialing plans and
   blacklist entries written as the panel writes them, applied through Kamailio's RPC, and removed
   (with their CDRs and events) after the test.
+- ``vm_port``: ``vm_port(remote_port, remote_host="127.0.0.1") -> local_port``: an SSH tunnel from
+  127.0.0.1 on this machine to a port the VM binds to loopback (Kamailio's JSON-RPC, MariaDB),
+  closed after the test.
 - ``sipp``: ``sipp(peer, scenario_or_sf, target, calls=1, rate=1, timeout=30, extra=[...])
   -> SippResult`` runs SIPp inside the peer with ``-m`` and ``-timeout`` always set;
   ``sipp.start(...)`` runs it in the background (for a carrier waiting for calls) and
@@ -38,6 +41,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -232,6 +236,41 @@ def add_peer(lab: LabHandle) -> Iterator:
     yield _add
     for name in reversed(made):
         lab.lab.remove_peer(name)
+
+
+@pytest.fixture
+def vm_port(lab: LabHandle) -> Iterator:
+    """``vm_port(remote_port) -> local_port``: reach a loopback-only service of the VM from here."""
+    tunnels: list[subprocess.Popen] = []
+
+    def _open(remote_port: int, remote_host: str = "127.0.0.1") -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            local_port = probe.getsockname()[1]
+        ssh = lab.lab.ssh_args(lab.vm)
+        proc = subprocess.Popen(
+            [*ssh[:-1], "-N", "-o", "ExitOnForwardFailure=yes", "-L",
+             f"127.0.0.1:{local_port}:{remote_host}:{remote_port}", ssh[-1]],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        tunnels.append(proc)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"SSH tunnel to {remote_host}:{remote_port} failed: {proc.stderr.read()!r}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", local_port), timeout=1):
+                return local_port
+            time.sleep(0.2)
+        raise AssertionError(f"SSH tunnel to {remote_host}:{remote_port} did not open within 15 s")
+
+    yield _open
+    for proc in tunnels:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
 
 
 # -- SIPp ----------------------------------------------------------------------------
