@@ -1,32 +1,11 @@
-"""Shared pieces of the AI call tests: the stand-ins' strict protocol checks and a runner."""
+"""Fixtures of the AI call tests (helpers live in aicall_harness)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
 from typing import Any
 
 import pytest
-from openai.types.realtime.realtime_client_event import RealtimeClientEvent
-from openai.types.realtime.realtime_server_event import RealtimeServerEvent
-from pydantic import TypeAdapter
-
-SERVER_EVENTS = TypeAdapter(RealtimeServerEvent)
-CLIENT_EVENTS = TypeAdapter(RealtimeClientEvent)
-
-
-def run(coro: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
-    """Run one scenario on a fresh loop, bounded in time, and check it leaked no task."""
-
-    async def bounded() -> Any:
-        before = asyncio.all_tasks()
-        result = await asyncio.wait_for(coro, timeout)
-        await asyncio.sleep(0.05)
-        leaked = [t for t in asyncio.all_tasks() - before if t is not asyncio.current_task() and not t.done()]
-        assert not leaked, f"tasks left running: {[t.get_name() for t in leaked]}"
-        return result
-
-    return asyncio.run(bounded())
+from aicall_harness import SERVER_EVENTS
 
 
 @pytest.fixture

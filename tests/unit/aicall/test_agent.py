@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import socket
 
+from aicall_harness import run
 from centralita.aicall.agent import AicallAgent
 from centralita.aicall.metrics import AicallMetrics
 from centralita.aicall.settings import AicallSettings
 from centralita.config import load_settings
-from conftest import run
 
 
 def _closed_port() -> int:

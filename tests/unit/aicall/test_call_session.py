@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from aicall_harness import RecordingControl, RtpPeer
+from aicall_harness import RecordingControl, RtpPeer, run
 from centralita.aicall.metrics import AicallMetrics
 from centralita.aicall.provider import SessionConfig
 from centralita.aicall.realtime import RealtimeSession
@@ -20,7 +20,6 @@ from centralita.aicall.tools.base import ToolBox
 from centralita.aicall.tools.mikrotik import Router, RouterOsBackend, mikrotik_tools
 from centralita.fakes.mikrotik import FakeMikrotik
 from centralita.fakes.realtime import FakeRealtime, Script, Turn, running_in_thread
-from conftest import run
 
 KEY = "sk-test"
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import pytest
+from aicall_harness import CLIENT_EVENTS, run
 from centralita.aicall import g711
 from centralita.aicall.provider import (
     AudioOut,
@@ -22,7 +23,6 @@ from centralita.aicall.provider import (
 )
 from centralita.aicall.realtime import RealtimeSession, history_items, session_update
 from centralita.fakes.realtime import FakeRealtime, Script, Turn
-from conftest import CLIENT_EVENTS, run
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 

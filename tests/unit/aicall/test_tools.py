@@ -6,10 +6,10 @@ import asyncio
 import json
 import socket
 
+from aicall_harness import run
 from centralita.aicall.tools.base import Tool, ToolBox, check_arguments
 from centralita.aicall.tools.mikrotik import HttpApiBackend, Router, RouterOsBackend, mikrotik_tools
 from centralita.fakes.mikrotik import FakeMikrotik
-from conftest import run
 
 
 def _box(url: str, credential: str = FakeMikrotik.password, timeout: float = 5) -> ToolBox:

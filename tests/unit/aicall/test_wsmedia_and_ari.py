@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+from aicall_harness import run
 from centralita.aicall import g711
 from centralita.aicall.wsmedia import WebsocketMedia, parse_control
 from centralita.asterisk.ari import AriClient
-from conftest import run
 from websockets.asyncio.server import serve
 
 
