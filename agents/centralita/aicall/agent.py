@@ -120,6 +120,7 @@ class AicallAgent:
             reconnect_window=settings.reconnect_window_seconds,
             connect_timeout=settings.connect_timeout_seconds,
             transfer_target=settings.transfer_extension or None,
+            input_frames=settings.input_frames,
         )
 
     # events -----------------------------------------------------------------------------

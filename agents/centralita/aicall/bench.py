@@ -184,10 +184,20 @@ class Point:
     load_average: float  # the host's 1-minute load when the point ended: other work skews every timing
 
 
-def _pin(cores: set[int] | None):
-    if not cores:
-        return None
-    return lambda: os.sched_setaffinity(0, cores)
+def _pin(cores: set[int] | None, realtime: bool = False):
+    def prepare() -> None:
+        if cores:
+            os.sched_setaffinity(0, cores)
+        if realtime:
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(10))
+
+    return prepare if cores or realtime else None
+
+
+def _set_realtime(enabled: bool) -> None:
+    """SCHED_RR for a bounded run, as ``CPUSchedulingPolicy=rr`` would give the agent's unit."""
+    policy = os.SCHED_RR if enabled else os.SCHED_OTHER
+    os.sched_setscheduler(0, policy, os.sched_param(10 if enabled else 0))
 
 
 async def _read_json_line(process: asyncio.subprocess.Process, within: float) -> dict[str, Any]:
@@ -198,17 +208,21 @@ async def _read_json_line(process: asyncio.subprocess.Process, within: float) ->
     return json.loads(line)
 
 
-async def run_point(calls: int, seconds: float, law: str = "ulaw", pin: bool = True) -> Point:
+async def run_point(
+    calls: int, seconds: float, law: str = "ulaw", pin: bool = True, realtime: bool = False, input_frames: int = 1
+) -> Point:
     helper_cores = {1} if pin and (os.cpu_count() or 1) > 1 else None
     if helper_cores:
         os.sched_setaffinity(0, {0})
+    if realtime:
+        _set_realtime(True)
     script = {"greeting": "x", "greeting_ms": int((seconds + WARM_UP_S + 20) * 1000), "send_rate": 1.0}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(script, handle)
     fake = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "centralita.fakes.realtime", "--port", "0", "--script", handle.name,
         "--no-validate", "--ping-interval", "10",
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=_pin(helper_cores),
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=_pin(helper_cores, realtime),
     )  # fmt: skip
     pacer = Pacer()
     metrics = AicallMetrics()
@@ -231,7 +245,7 @@ async def run_point(calls: int, seconds: float, law: str = "ulaw", pin: bool = T
                 model=model,
                 tools=ToolBox([]),
                 control=_Control(),
-                policy=CallPolicy(connect_timeout=20),
+                policy=CallPolicy(connect_timeout=20, input_frames=input_frames),
                 metrics=metrics,
             )
             sessions.append(session)
@@ -244,7 +258,7 @@ async def run_point(calls: int, seconds: float, law: str = "ulaw", pin: bool = T
         generator = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "centralita.aicall.bench", "generator", "--targets", targets,
             "--seconds", str(seconds + WARM_UP_S), "--law", law,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=_pin(helper_cores),
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=_pin(helper_cores, realtime),
         )  # fmt: skip
         await asyncio.sleep(WARM_UP_S)
         inbound.clear()
@@ -287,6 +301,8 @@ async def run_point(calls: int, seconds: float, law: str = "ulaw", pin: bool = T
         os.unlink(handle.name)
         if helper_cores:
             os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        if realtime:
+            _set_realtime(False)
 
 
 def table(points: list[Point]) -> str:
@@ -310,12 +326,19 @@ def table(points: list[Point]) -> str:
     return "\n".join(lines)
 
 
-def bench(calls: list[int], seconds: float, law: str = "ulaw", pin: bool = True) -> list[Point]:
+def bench(
+    calls: list[int],
+    seconds: float,
+    law: str = "ulaw",
+    pin: bool = True,
+    realtime: bool = False,
+    input_frames: int = 1,
+) -> list[Point]:
     """Run every load point in turn (bounded: each lasts ``seconds`` plus set-up)."""
     g711.warm_up()
     points = []
     for count in calls:
-        point = asyncio.run(run_point(count, seconds, law, pin))
+        point = asyncio.run(run_point(count, seconds, law, pin, realtime, input_frames))
         print(json.dumps(point.__dict__), file=sys.stderr, flush=True)
         points.append(point)
     return points
@@ -330,9 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--law", default="ulaw", choices=("ulaw", "alaw"))
     parser.add_argument("--no-pin", action="store_true", help="do not pin the agent and the helpers to cores")
+    parser.add_argument("--realtime", action="store_true", help="run under SCHED_RR (root; as the unit can)")
+    parser.add_argument("--input-frames", type=int, default=1, choices=range(1, 6), help="as AICALL_INPUT_FRAMES")
     args = parser.parse_args(argv)
     counts = [min(int(c), 1000) for c in args.calls.split(",") if c.strip()]
-    print(table(bench(counts, min(args.seconds, 120), args.law, not args.no_pin)))
+    points = bench(counts, min(args.seconds, 120), args.law, not args.no_pin, args.realtime, args.input_frames)
+    print(table(points))
     return 0
 
 

@@ -18,6 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--seconds", type=float, default=10.0, help="measured time per point (at most 120)")
     bench.add_argument("--law", default="ulaw", choices=("ulaw", "alaw"))
     bench.add_argument("--no-pin", action="store_true", help="do not pin the agent and its helpers to cores")
+    bench.add_argument("--realtime", action="store_true", help="run under SCHED_RR, as the systemd unit can")
+    bench.add_argument("--input-frames", type=int, default=1, choices=range(1, 6), help="as AICALL_INPUT_FRAMES")
     bench.set_defaults(func=_bench)
 
     fake = sub.add_parser("fake-realtime", help="serve the OpenAI Realtime stand-in")
@@ -39,7 +41,9 @@ def _bench(args: argparse.Namespace) -> int:
     from centralita.aicall import bench
 
     argv = ["--calls", args.calls, "--seconds", str(args.seconds), "--law", args.law]
-    return bench.main(argv + (["--no-pin"] if args.no_pin else []))
+    argv += ["--input-frames", str(args.input_frames)]
+    argv += ["--no-pin"] if args.no_pin else []
+    return bench.main(argv + (["--realtime"] if args.realtime else []))
 
 
 def _fake_realtime(args: argparse.Namespace) -> int:

@@ -182,19 +182,25 @@ class RtpMedia(MediaPath):
         self.remote = (host, port)
 
     def _received(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            packet = RtpPacket.decode(data)
-        except RtpError as exc:
-            self.rejected_packets += 1
-            log.debug("rtp %s: dropped datagram from %s: %s", self.name, addr, exc)
-            return
-        if packet.payload_type != self.payload_type:
-            self.rejected_packets += 1  # comfort noise, DTMF events: nothing for the model
-            return
+        # The common packet (version 2, no CSRC, extension or padding, our payload type) is read in
+        # place: this runs 50 times a second per call. Anything else goes through the full decoder.
+        if len(data) > _HEADER.size and data[0] == 0x80 and data[1] & 0x7F == self.payload_type:
+            payload = data[_HEADER.size :]
+        else:
+            try:
+                packet = RtpPacket.decode(data)
+            except RtpError as exc:
+                self.rejected_packets += 1
+                log.debug("rtp %s: dropped datagram from %s: %s", self.name, addr, exc)
+                return
+            if packet.payload_type != self.payload_type:
+                self.rejected_packets += 1  # comfort noise, DTMF events: nothing for the model
+                return
+            payload = packet.payload
         if self.remote is None:
             self.remote = addr  # symmetric RTP: answer where the audio comes from
         self.received_packets += 1
-        self._deliver(packet.payload)
+        self._deliver(payload)
 
     def tick(self) -> None:
         """Send the next 20 ms frame: queued reply audio, else silence."""
@@ -209,10 +215,12 @@ class RtpMedia(MediaPath):
             marker = not self._talking
             self._talking = True
             self._mark_start(item_id)
-        packet = RtpPacket(self.payload_type, self._sequence, self._timestamp, self._ssrc, payload, marker)
+        header = _HEADER.pack(
+            0x80, (0x80 if marker else 0) | self.payload_type, self._sequence, self._timestamp, self._ssrc
+        )
         self._sequence = (self._sequence + 1) & 0xFFFF
         self._timestamp = (self._timestamp + len(payload)) & 0xFFFFFFFF
-        self._transport.sendto(packet.encode(), self.remote)
+        self._transport.sendto(header + payload, self.remote)
         self.stats.sent(taken is not None)
 
     def flush(self) -> Played:

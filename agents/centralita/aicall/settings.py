@@ -63,6 +63,9 @@ class AicallSettings(DbSettings):
     rtp_port_min: int = setting("AICALL_RTP_PORT_MIN", default=0, check=_optional_port)
     rtp_port_max: int = setting("AICALL_RTP_PORT_MAX", default=0, check=_optional_port)
     max_calls: int = setting("AICALL_MAX_CALLS", default=200, minimum=1, maximum=5000)
+    input_frames: int = setting(
+        "AICALL_INPUT_FRAMES", default=1, minimum=1, maximum=5, help="20 ms caller frames per message to the model"
+    )
     # the model
     openai_api_key: str = setting("OPENAI_API_KEY", secret=True)
     realtime_model: str = setting("OPENAI_REALTIME_MODEL", default="gpt-realtime")
