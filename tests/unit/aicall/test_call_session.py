@@ -341,3 +341,17 @@ def test_the_caller_hanging_up_mid_reply_releases_everything() -> None:
     record, rig, fake = run(scenario())  # run() also fails on any task left behind
     assert record.end_reason == "caller_hangup" and rig.control.actions == []
     assert fake.connections[0].close_code is not None and rig.media._transport is None
+
+
+def test_caller_frames_can_be_batched_two_per_message() -> None:
+    async def scenario() -> FakeRealtime:
+        policy = CallPolicy(transfer_target=None, input_frames=2)
+        async with FakeRealtime(Script(greeting_ms=300), api_key=KEY) as fake, call(fake.url, policy=policy) as rig:
+            await asyncio.sleep(1.0)
+            rig.session.caller_hung_up()
+            await rig.finish()
+            return fake
+
+    conn = run(scenario()).connections[0]
+    appends = conn.received_types().count("input_audio_buffer.append")
+    assert appends > 10 and conn.audio_in_ms == appends * 40 and conn.invalid == []
