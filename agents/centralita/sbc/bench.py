@@ -1,0 +1,392 @@
+# SQL here is built from integers and constants of this module, never from input.
+# ruff: noqa: S608
+"""``centralita bench sbc``: how many calls per second the SBC carries, and what it adds to PDD.
+
+Runs on the controller (as root, like the lab) against a lab VM that was
+converged with the whole appliance. SIPp customers and a SIPp carrier run on
+peer hosts of the lab; calls go through the full SBC logic (source auth,
+limits, normalisation, dialing plan, LCR, dispatcher, dialog, CDR). The same
+ladder of rates then runs against a minimal stateless Kamailio started on the
+same VM, as the reference.
+
+A rate counts as sustained when every call of ``hold_s`` seconds at that rate
+succeeded and every one of them has its CDR. Several SIPp UAC processes share
+the load (one SIPp saturates near 1,000 calls/s). Load is bounded: every SIPp
+gets ``-m`` and ``-timeout``, and the ladder stops at the first rate that fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from centralita.lab.core import Lab
+from centralita.lab.host import LabError
+
+VM = "centralita1"
+SBC_PORT = 5060
+MINIMAL_PORT = 5062
+NUMBER = "573001234567"
+CDR_WAIT_S = 60
+BENCH_TAG = "centralita-bench"
+
+UAC_XML = """<?xml version="1.0" encoding="UTF-8" ?>
+<scenario name="bench uac">
+  <send retrans="500"><![CDATA[
+INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:bench@[local_ip]:[local_port]>;tag=[pid]B[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: <sip:bench@[local_ip]:[local_port]>
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rtd="true" rrs="true"/>
+  <send><![CDATA[
+ACK [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:bench@[local_ip]:[local_port]>;tag=[pid]B[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+[routes]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <send retrans="500"><![CDATA[
+BYE [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:bench@[local_ip]:[local_port]>;tag=[pid]B[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+[routes]
+Call-ID: [call_id]
+CSeq: 2 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>
+</scenario>
+"""
+
+UAS_XML = """<?xml version="1.0" encoding="UTF-8" ?>
+<scenario name="bench uas">
+  <recv request="INVITE" rrs="true"/>
+  <send><![CDATA[
+SIP/2.0 180 Ringing
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]U[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+[last_Record-Route:]
+Contact: <sip:[local_ip]:[local_port]>
+Content-Length: 0
+
+]]></send>
+  <send retrans="500"><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]U[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+[last_Record-Route:]
+Contact: <sip:[local_ip]:[local_port]>
+Content-Length: 0
+
+]]></send>
+  <recv request="ACK" optional="true"/>
+  <recv request="BYE"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+</scenario>
+"""
+
+MINIMAL_CFG = """#!KAMAILIO
+# The reference: a stateless relay with no logic at all.
+listen=udp:{vm}:{port}
+children={children}
+log_stderror=no
+debug=1
+request_route {{
+    forward("{uas}", 5060);
+}}
+"""
+
+
+@dataclasses.dataclass
+class BenchOptions:
+    lab_name: str
+    lab_index: int
+    rates: list[int]
+    hold_s: int = 60
+    uacs: int = 2
+    pdd_calls: int = 2000
+
+
+@dataclasses.dataclass
+class StepResult:
+    rate: int
+    calls: int
+    ok: int
+    failed: int
+    cdrs: int | None
+
+    @property
+    def sustained(self) -> bool:
+        return self.failed == 0 and self.ok == self.calls and (self.cdrs is None or self.cdrs == self.calls)
+
+
+class Bench:
+    def __init__(self, options: BenchOptions) -> None:
+        self.o = options
+        self.lab = Lab(options.lab_name, options.lab_index)
+        if VM not in self.lab.state.machines:
+            raise LabError(
+                f"lab {options.lab_name} (index {options.lab_index}) has no VM: converge one first, e.g. "
+                f"python -m centralita.lab up --name {options.lab_name} --index {options.lab_index} --vm {VM} and "
+                "ansible-playbook -i inventory/lab site.yml with CENTRALITA_LAB_ADDRESS set to its address"
+            )
+        self.vm = self.lab.address(VM)
+        self.work = Path(tempfile.mkdtemp(prefix="centralita-bench-"))
+        (self.work / "uac.xml").write_text(UAC_XML)
+        (self.work / "uas.xml").write_text(UAS_XML)
+        self.uacs = [f"bu{i}" for i in range(self.o.uacs)]
+        self.customer_id: int | None = None
+        self.carrier_id: int | None = None
+        self.nft_handle: str | None = None
+
+    # -- setup ------------------------------------------------------------------
+
+    def sql(self, statement: str) -> str:
+        return self.lab.exec(VM, f"mariadb --batch --skip-column-names centralita -e {shlex.quote(statement)}")
+
+    def setup(self) -> None:
+        for name in [*self.uacs, "buas"]:
+            self.lab.add_peer(name)
+            self.lab.exec(VM, f"ip neigh flush to {self.lab.address(name)}", check=False)
+        uas = self.lab.address("buas")
+        self.sql(f"DELETE FROM carriers WHERE name = '{BENCH_TAG}'; DELETE FROM customers WHERE name = '{BENCH_TAG}'")
+        self.carrier_id = int(
+            self.sql(
+                f"INSERT INTO carriers (name, host, port, state) VALUES ('{BENCH_TAG}', '{uas}', 5060, 'up');"
+                " SELECT LAST_INSERT_ID()"
+            ).split()[-1]
+        )
+        self.sql(
+            f"INSERT INTO carrier_rates (carrier_id, prefix, rate_per_minute, effective_from)"
+            f" VALUES ({self.carrier_id}, '57', 0.01, UTC_TIMESTAMP() - INTERVAL 1 DAY)"
+        )
+        self.customer_id = int(
+            self.sql(
+                f"INSERT INTO customers (name, max_cps, max_channels) VALUES ('{BENCH_TAG}', 1000000, 1000000);"
+                " SELECT LAST_INSERT_ID()"
+            ).split()[-1]
+        )
+        for name in self.uacs:
+            self.sql(
+                f"INSERT INTO customer_ips (customer_id, ip_addr) VALUES ({self.customer_id},"
+                f" '{self.lab.address(name)}')"
+            )
+        self.sql(
+            f"INSERT INTO customer_rates (customer_id, prefix, rate_per_minute, effective_from)"
+            f" VALUES ({self.customer_id}, '57', 0.05, UTC_TIMESTAMP() - INTERVAL 1 DAY)"
+        )
+        self.lab.exec(VM, "kamcmd dispatcher.reload; kamcmd permissions.addressReload")
+        self.start_minimal(uas)
+
+    def start_minimal(self, uas: str) -> None:
+        cfg = MINIMAL_CFG.format(vm=self.vm, port=MINIMAL_PORT, uas=uas, children=8)
+        self.lab.exec(VM, f"cat > /run/centralita-bench.cfg <<'EOF'\n{cfg}EOF")
+        self.lab.exec(
+            VM,
+            "kamailio -f /run/centralita-bench.cfg -P /run/centralita-bench.pid -m 256 -M 16 -u kamailio -g kamailio",
+        )
+        out = self.lab.exec(
+            VM,
+            f"nft -a -e add rule inet centralita input udp dport {MINIMAL_PORT} accept comment '\"{BENCH_TAG}\"'",
+            check=False,
+        )
+        for word in out.split():
+            if word.isdigit():
+                self.nft_handle = word
+
+    def teardown(self) -> None:
+        self.lab.exec(VM, "test -f /run/centralita-bench.pid && kill $(cat /run/centralita-bench.pid)", check=False)
+        if self.nft_handle:
+            self.lab.exec(VM, f"nft delete rule inet centralita input handle {self.nft_handle}", check=False)
+        if self.customer_id:
+            self.sql(f"DELETE FROM sbc_cdrs WHERE customer_id = {self.customer_id}")
+        self.sql(f"DELETE FROM customers WHERE name = '{BENCH_TAG}'; DELETE FROM carriers WHERE name = '{BENCH_TAG}'")
+        self.lab.exec(VM, "kamcmd dispatcher.reload; kamcmd permissions.addressReload", check=False)
+        for name in [*self.uacs, "buas"]:
+            self.lab.remove_peer(name)
+
+    # -- load ---------------------------------------------------------------------
+
+    def sipp(self, peer: str, scenario: str, target: str | None, calls: int, rate: float, timeout: int,
+             extra: list[str]) -> subprocess.Popen:  # fmt: skip
+        workdir = self.work / f"{peer}-{time.monotonic_ns()}"
+        workdir.mkdir()
+        argv = [
+            "sipp", "-sf", str(self.work / scenario), "-i", self.lab.address(peer), "-p", "5060",
+            "-m", str(calls), "-r", f"{rate:g}", "-timeout", f"{timeout}s", "-timeout_error", "-nostdin",
+            "-trace_stat", "-stf", str(workdir / "stat.csv"), "-fd", "1", "-max_socket", "60000", *extra,
+        ]  # fmt: skip
+        if target:
+            argv.append(target)
+        proc = subprocess.Popen(
+            self.lab.peer_cmd(peer, argv), cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        proc.workdir = workdir  # type: ignore[attr-defined]
+        return proc
+
+    @staticmethod
+    def stats(proc: subprocess.Popen) -> dict[str, str]:
+        path = proc.workdir / "stat.csv"  # type: ignore[attr-defined]
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+        if len(lines) < 2:
+            return {}
+        return dict(zip(lines[0].rstrip(";").split(";"), lines[-1].rstrip(";").split(";"), strict=False))
+
+    def step(self, rate: int, port: int, count_cdrs: bool) -> StepResult:
+        calls = rate * self.o.hold_s
+        per_uac = max(1, calls // len(self.uacs))
+        calls = per_uac * len(self.uacs)
+        timeout = self.o.hold_s + 40
+        target = f"{self.vm}:{port}"
+        # a carrier marked down by an earlier overload would refuse this whole step
+        self.lab.exec(VM, "kamcmd dispatcher.reload", check=False)
+        since = self.sql("SELECT UTC_TIMESTAMP(3)").strip()
+        uas = self.sipp("buas", "uas.xml", None, calls, 1, timeout + 10, [])
+        time.sleep(0.5)
+        uacs = [
+            self.sipp(p, "uac.xml", target, per_uac, rate / len(self.uacs), timeout, ["-s", NUMBER]) for p in self.uacs
+        ]
+        ok = failed = 0
+        for proc in uacs:
+            try:
+                proc.wait(timeout=timeout + 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+            st = self.stats(proc)
+            ok += int(st.get("SuccessfulCall(C)", 0))
+            failed += int(st.get("FailedCall(C)", 0))
+        uas.terminate()
+        try:
+            uas.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            uas.kill()
+        cdrs = None
+        if count_cdrs:
+            deadline = time.monotonic() + CDR_WAIT_S
+            while True:
+                cdrs = int(
+                    self.sql(
+                        f"SELECT COUNT(*) FROM sbc_cdrs WHERE customer_id = {self.customer_id}"
+                        f" AND created_at >= '{since}' AND disposition = 'answered'"
+                    ).strip()
+                )
+                if cdrs >= ok or time.monotonic() > deadline:
+                    break
+                time.sleep(2)
+        return StepResult(rate, calls, ok, failed, cdrs)
+
+    def ladder(self, port: int, count_cdrs: bool, label: str) -> int:
+        best = 0
+        for rate in self.o.rates:
+            result = self.step(rate, port, count_cdrs)
+            cdr_text = f", {result.cdrs} CDRs" if result.cdrs is not None else ""
+            verdict = "sustained" if result.sustained else "NOT sustained"
+            print(
+                f"  {label} {rate:>5} cps: {result.ok}/{result.calls} ok, {result.failed} failed{cdr_text}: {verdict}",
+                flush=True,
+            )
+            if not result.sustained:
+                break
+            best = rate
+            time.sleep(5)
+        return best
+
+    def pdd(self, target_port: int | None) -> list[float]:
+        """Response times INVITE -> 200 OK (ms) of ``pdd_calls`` calls at a gentle rate."""
+        target = f"{self.vm}:{target_port}" if target_port else f"{self.lab.address('buas')}:5060"
+        calls = self.o.pdd_calls
+        uas = self.sipp("buas", "uas.xml", None, calls, 1, calls // 50 + 60, [])
+        time.sleep(0.5)
+        proc = self.sipp(self.uacs[0], "uac.xml", target, calls, 50, calls // 50 + 40,
+                         ["-s", NUMBER, "-trace_rtt", "-rtt_freq", "1"])  # fmt: skip
+        proc.wait(timeout=calls // 50 + 80)
+        uas.terminate()
+        uas.wait(timeout=10)
+        values = []
+        # SIPp's -trace_rtt: "Date_ms;response_time_ms;rtd_no", response times in whole ms
+        for path in proc.workdir.glob("*_rtt.csv"):  # type: ignore[attr-defined]
+            for line in path.read_text().splitlines()[1:]:
+                parts = line.split(";")
+                if len(parts) >= 2 and parts[1].replace(".", "", 1).isdigit():
+                    values.append(float(parts[1]))
+        return values
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run_bench(options: BenchOptions) -> int:
+    try:
+        bench = Bench(options)
+    except LabError as exc:
+        print(f"centralita bench sbc: {exc}")
+        return 2
+    print(f"SBC benchmark on lab {options.lab_name} ({bench.vm}): {options.uacs} SIPp UACs, {options.hold_s} s a rate")
+    try:
+        bench.setup()
+        direct = bench.pdd(None)
+        via_sbc = bench.pdd(SBC_PORT)
+        full = bench.ladder(SBC_PORT, True, "full SBC")
+        minimal = bench.ladder(MINIMAL_PORT, False, "minimal")
+    finally:
+        bench.teardown()
+    added_p50 = _pct(via_sbc, 0.5) - _pct(direct, 0.5)
+    added_p99 = _pct(via_sbc, 0.99) - _pct(direct, 0.99)
+    ratio = full / minimal if minimal else float("nan")
+    print()
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| highest rate sustained {options.hold_s} s, full SBC (no failed call, no missing CDR) | {full} cps |")
+    print(f"| highest rate sustained {options.hold_s} s, minimal stateless Kamailio | {minimal} cps |")
+    print(f"| full / minimal | {ratio:.2f} |")
+    print(f"| PDD added by the SBC, p50 | {added_p50:.2f} ms |")
+    print(f"| PDD added by the SBC, p99 | {added_p99:.2f} ms |")
+    print(f"| calls measured for PDD | direct {len(direct)}, via SBC {len(via_sbc)} |")
+    if direct and via_sbc:
+        print(f"| direct SIPp-to-SIPp INVITE->200, p50 | {statistics.median(direct):.2f} ms |")
+    targets_met = full >= 1000 and (ratio >= 0.7) and added_p99 < 5
+    print(f"\ntargets (>= 1000 cps, >= 0.7 of minimal, p99 added PDD < 5 ms): {'met' if targets_met else 'not met'}")
+    return 0
