@@ -470,9 +470,7 @@ class _Connection:
             {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": self.buffer_ms, "item_id": item_id}
         )
         await self.send({"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": previous})
-        scripted = (
-            self.script.turns[self.turn_index] if self.turn_index < len(self.script.turns) else None
-        )
+        scripted = self.script.turns[self.turn_index] if self.turn_index < len(self.script.turns) else None
         self.turn_index += 1
         text = scripted.transcript if scripted else ""
         self.items[item_id] = _Item(item_id, "user", transcript=text)

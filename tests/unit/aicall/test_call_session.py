@@ -204,11 +204,11 @@ def _check_tool_call(tool_seconds: float) -> None:
     assert record.transcript[-1].text == "Su servicio está activo."
 
 
-def test_a_4_s_tool_call_speaks_a_progress_phrase_and_then_the_answer() -> None:
+def test_a_4_s_tool_call_speaks_a_progress_phrase_and_then_the_answer(realtime_priority) -> None:
     _check_tool_call(4.0)
 
 
-def test_a_25_s_tool_call_keeps_audio_and_websocket_keepalive_flowing() -> None:
+def test_a_25_s_tool_call_keeps_audio_and_websocket_keepalive_flowing(realtime_priority) -> None:
     _check_tool_call(25.0)
 
 
