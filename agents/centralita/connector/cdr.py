@@ -8,7 +8,10 @@ so a receiver in another country, or a DST change, never shifts a call.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import logging
+import socket
 import zlib
 from collections.abc import Mapping
 from datetime import datetime, tzinfo
@@ -43,8 +46,6 @@ AMI_FIELDS: tuple[tuple[str, str], ...] = (
     ("Sequence", "sequence"),
 )
 FIELD_NAMES: tuple[str, ...] = tuple(name for _, name in AMI_FIELDS)
-_TIME_FIELDS = ("start", "answer", "end")
-_INT_FIELDS = ("duration", "billsec")
 
 
 class CdrError(ValueError):
@@ -88,8 +89,13 @@ def _fast_time(text: str) -> datetime:
     )
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_time(text: str, zone: tzinfo) -> str | None:
-    """Asterisk local time text -> ISO 8601 with offset; None for an empty time (not answered)."""
+    """Asterisk local time text -> ISO 8601 with offset; None for an empty time (not answered).
+
+    Cached: the CDRs of a burst share their seconds (calls end together), and the
+    conversion is the dearest part of a record.
+    """
     text = text.strip()
     if not text:
         return None
@@ -148,7 +154,41 @@ class CdrRecord:
         return cls(**{name: data[name] for name in FIELD_NAMES})
 
 
+HOSTNAME = socket.gethostname()
+
+
+def wire_payload(record: CdrRecord) -> dict[str, Any]:
+    """The JSON object of one CDR as receivers get it: every Asterisk field, plus the
+    receiver's names for the main ones and the idempotency key."""
+    data = record.as_dict()
+    data.update(call_id=record.uniqueid, calldate=record.start, idempotency_key=record.key, host_name=HOSTNAME)
+    return data
+
+
+def wire_json(record: CdrRecord) -> str:
+    """:func:`wire_payload` serialised once, when the CDR enters the spool: sinks send it as stored."""
+    return json.dumps(wire_payload(record), ensure_ascii=False, separators=(",", ":"))
+
+
 _warned_no_sequence = False
+
+
+def _time(values: Mapping[str, str], name: str, uniqueid: str, zone: tzinfo) -> str | None:
+    text = values.get(name)
+    try:
+        return parse_time("" if text is None else str(text), zone)
+    except CdrError as exc:
+        raise CdrError(f"CDR {uniqueid}: {name}: {exc}") from exc
+
+
+def _seconds(values: Mapping[str, str], name: str, uniqueid: str) -> int:
+    text = str(values.get(name) or "").strip()
+    if not text:
+        return 0
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise CdrError(f"CDR {uniqueid}: {name} {text!r} is not a whole number") from exc
 
 
 def record_from_fields(values: Mapping[str, str], zone: tzinfo) -> CdrRecord:
@@ -156,28 +196,29 @@ def record_from_fields(values: Mapping[str, str], zone: tzinfo) -> CdrRecord:
     uniqueid = (values.get("uniqueid") or "").strip()
     if not uniqueid:
         raise CdrError("UniqueID is empty")
-    data: dict[str, Any] = {}
-    for name in FIELD_NAMES:
-        text = values.get(name)
-        text = "" if text is None else str(text)
-        if name in _TIME_FIELDS:
-            try:
-                data[name] = parse_time(text, zone)
-            except CdrError as exc:
-                raise CdrError(f"CDR {uniqueid}: {name}: {exc}") from exc
-        elif name in _INT_FIELDS:
-            try:
-                data[name] = int(text.strip() or 0)
-            except ValueError as exc:
-                raise CdrError(f"CDR {uniqueid}: {name} {text!r} is not a whole number") from exc
-        elif name == "sequence":
-            data[name] = _sequence(text, values)
-        else:
-            data[name] = text
-    if not data["linkedid"]:
-        data["linkedid"] = uniqueid
-    data["uniqueid"] = uniqueid
-    return CdrRecord(**data)
+    get = values.get
+    return CdrRecord(
+        accountcode=str(get("accountcode") or ""),
+        src=str(get("src") or ""),
+        dst=str(get("dst") or ""),
+        dcontext=str(get("dcontext") or ""),
+        clid=str(get("clid") or ""),
+        channel=str(get("channel") or ""),
+        dstchannel=str(get("dstchannel") or ""),
+        lastapp=str(get("lastapp") or ""),
+        lastdata=str(get("lastdata") or ""),
+        start=_time(values, "start", uniqueid, zone),
+        answer=_time(values, "answer", uniqueid, zone),
+        end=_time(values, "end", uniqueid, zone),
+        duration=_seconds(values, "duration", uniqueid),
+        billsec=_seconds(values, "billsec", uniqueid),
+        disposition=str(get("disposition") or ""),
+        amaflags=str(get("amaflags") or ""),
+        uniqueid=uniqueid,
+        userfield=str(get("userfield") or ""),
+        linkedid=str(get("linkedid") or "") or uniqueid,
+        sequence=_sequence(str(get("sequence") or ""), values),
+    )
 
 
 def _sequence(text: str, values: Mapping[str, str]) -> int:
@@ -204,7 +245,13 @@ def _sequence(text: str, values: Mapping[str, str]) -> int:
 
 
 def record_from_event(event: Mapping[str, str], zone: tzinfo) -> CdrRecord:
-    """Build a record from a ``Cdr`` event's headers (as returned by AmiMessage.as_dict())."""
-    lowered = {key.lower(): value for key, value in event.items()}
-    values = {name: lowered.get(header.lower(), "") for header, name in AMI_FIELDS}
-    return record_from_fields(values, zone)
+    """Build a record from a ``Cdr`` event's headers (as returned by AmiMessage.as_dict()).
+
+    Asterisk spells the headers as in :data:`AMI_FIELDS`; other spellings are found
+    case-insensitively, more slowly.
+    """
+    values = {name: event.get(header) for header, name in AMI_FIELDS}
+    if None in values.values():
+        lowered = {key.lower(): value for key, value in event.items()}
+        values = {name: lowered.get(header.lower(), "") for header, name in AMI_FIELDS}
+    return record_from_fields(values, zone)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 from centralita.config import load_settings
 from centralita.connector.settings import ConnectorSettings
@@ -20,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     connector = subparsers.add_parser("connector", help="the CDR and recording connector")
     sub = connector.add_subparsers(dest="connector_command", required=True, metavar="ACTION")
     bench = sub.add_parser("bench", help="CDRs per second and end-to-end lag through the stand-ins")
-    bench.add_argument("--count", type=int, default=20000)
+    bench.add_argument("--count", type=int, nargs="+", default=[20000], help="CDRs per run; several: one run each")
     bench.add_argument("--batch-size", type=int, default=500)
     bench.set_defaults(func=_bench)
     letters = sub.add_parser("dead-letters", help="list CDRs the API refused")
@@ -46,14 +47,19 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from centralita.connector.bench import run_bench
+    from centralita.connector.bench import TABLE_HEADER, BenchError, run_bench, table_row
 
-    result = run_bench(args.count, args.batch_size)
-    print(f"CDRs sent:      {result.count}")
-    print(f"CDRs received:  {result.received} (duplicates {result.duplicates})")
-    print(f"throughput:     {result.rate:.0f} CDR/s over {result.seconds:.2f} s")
-    print(f"lag p50 / p99:  {result.lag_p50 * 1000:.0f} ms / {result.lag_p99 * 1000:.0f} ms")
-    return 0 if result.received == result.count else 1
+    print(TABLE_HEADER, flush=True)
+    failed = False
+    for count in args.count:
+        try:
+            result = run_bench(count, args.batch_size)
+        except BenchError as exc:
+            print(f"centralita connector bench: {exc}", file=sys.stderr)
+            return 1
+        print(table_row(result, args.batch_size), flush=True)
+        failed |= result.lost != 0 or result.duplicates != 0
+    return 1 if failed else 0
 
 
 def _dead_letters(args: argparse.Namespace) -> int:

@@ -68,6 +68,14 @@ class ApiClient:
             lambda: self._session().post(target, json=payload, headers=dict(headers or {}), timeout=self.timeout)
         )
 
+    async def post_body(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> HttpReply:
+        """POST JSON that is already serialised (the spool stores each CDR's JSON once)."""
+        target = self.base_url + path
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        return await self._call(
+            lambda: self._session().post(target, data=body, headers=all_headers, timeout=self.timeout)
+        )
+
     async def post_file(
         self, path: str, fields: Mapping[str, str], file_field: str, file_path: Path, headers: Mapping[str, str]
     ) -> HttpReply:

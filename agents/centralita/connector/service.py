@@ -25,11 +25,13 @@ from centralita.connector.recordings import RecordingWatcher
 from centralita.connector.settings import ConnectorSettings
 from centralita.connector.sinks import ApiSink, MariaDbSink, SpoolSink
 from centralita.connector.spool import Spool, free_bytes
+from centralita.connector.tasks import cancel_and_wait
 from centralita.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
 
 WRITE_CHUNK = 2000
+SHUTDOWN_TIMEOUT = 10.0
 
 
 def build_filter(settings: ConnectorSettings) -> CdrFilter:
@@ -51,7 +53,7 @@ class Connector:
         self.zone = resolve_timezone(settings.cdr_timezone)
         self.filter = build_filter(settings)
         self.spool = Spool(settings.cdr_spool_dir)
-        self.queue: asyncio.Queue[AmiMessage] = asyncio.Queue()
+        self.queue: asyncio.Queue[AmiMessage | None] = asyncio.Queue()  # None: stop the writer
         self.sinks: list[SpoolSink] = []
         self.api: ApiClient | None = None
         self.backfill = Backfill(
@@ -87,24 +89,54 @@ class Connector:
         return len(new)
 
     async def write_loop(self) -> None:
-        """Move events from the queue to the spool, many per commit (one fsync per chunk)."""
-        while True:
-            first = await self.queue.get()
-            messages = [first]
-            while len(messages) < WRITE_CHUNK and not self.queue.empty():
-                messages.append(self.queue.get_nowait())
-            await self._write(messages)
+        """Move events from the queue to the spool, many per commit (one fsync per group).
 
-    async def _write(self, messages: list[AmiMessage]) -> None:
+        The next group is parsed while the previous one is being committed on the
+        spool's thread (fsync releases the GIL), but groups are committed strictly in
+        order and a group's sinks are woken only after its own commit. A ``None`` in
+        the queue ends the loop once everything before it is committed: shutdown
+        never cancels a group half-way.
+        """
+        committing: asyncio.Task[int] | None = None
+        try:
+            while True:
+                first = await self.queue.get()
+                messages: list[AmiMessage] = []
+                done = first is None
+                if first is not None:
+                    messages.append(first)
+                while not done and len(messages) < WRITE_CHUNK and not self.queue.empty():
+                    message = self.queue.get_nowait()
+                    if message is None:
+                        done = True
+                    else:
+                        messages.append(message)
+                records = await self._parse(messages)
+                if committing is not None:
+                    await committing
+                committing = asyncio.create_task(self.commit(records, "ami"), name="spool-commit")
+                self.metrics.cdr_queue_depth.set(self.queue.qsize())
+                if done:
+                    break
+        finally:
+            if committing is not None:
+                # Records taken off the queue are committed even if this loop is cancelled.
+                await asyncio.shield(committing)
+
+    async def _parse(self, messages: list[AmiMessage]) -> list[CdrRecord]:
         records: list[CdrRecord] = []
+        zone = self.zone
         for message in messages:
             try:
-                records.append(record_from_event(message.as_dict(), self.zone))
+                records.append(record_from_event(message.as_dict(), zone))
             except CdrError as exc:
                 self.metrics.cdrs_invalid.inc()
                 log.error("unreadable Cdr event (%s); kept in %s", exc, self._invalid_log)
                 await asyncio.to_thread(self._keep_invalid, message)
-        await self.commit(records, "ami")
+        return records
+
+    async def _write(self, messages: list[AmiMessage]) -> None:
+        await self.commit(await self._parse(messages), "ami")
         self.metrics.cdr_queue_depth.set(self.queue.qsize())
 
     def _keep_invalid(self, message: AmiMessage) -> None:
@@ -115,7 +147,9 @@ class Connector:
         """On shutdown: whatever was read from AMI goes to the spool before exit."""
         messages: list[AmiMessage] = []
         while not self.queue.empty():
-            messages.append(self.queue.get_nowait())
+            message = self.queue.get_nowait()
+            if message is not None:
+                messages.append(message)
         if messages:
             await self._write(messages)
 
@@ -225,6 +259,7 @@ class Connector:
             ping_timeout=s.ami_ping_timeout,
         )
         self.metrics.ami_connection_status.set(0)
+        ami_task: asyncio.Task[None] | None = None
         try:
             if s.monitoring_enabled:
                 server = await serve_metrics(self.metrics.registry, s.monitoring_host, s.monitoring_port)
@@ -245,24 +280,22 @@ class Connector:
             ami_task = asyncio.create_task(ami.run(), name="ami")
             stopper = asyncio.create_task(stop.wait(), name="stop")
             done, _ = await asyncio.wait({stopper, ami_task, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            ami_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ami_task
+            # AMI first: nothing new arrives while what was read is written down.
+            await cancel_and_wait([stopper, ami_task], SHUTDOWN_TIMEOUT)
             for task in done:
                 if task is not stopper and not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+            self.queue.put_nowait(None)  # the writer commits what was read, then ends
+            await asyncio.wait({writer}, timeout=SHUTDOWN_TIMEOUT)
+            await cancel_and_wait([writer], SHUTDOWN_TIMEOUT)
             await self.drain()
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait([*([ami_task] if ami_task else []), *tasks], SHUTDOWN_TIMEOUT)
             if server is not None:
                 server.close()
-                await server.wait_closed()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+                        await server.wait_closed()
             if self.api is not None:
                 self.api.close()
             await self.spool.close()

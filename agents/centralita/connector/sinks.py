@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import socket
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -23,16 +22,16 @@ from typing import Any
 import pymysql
 
 from centralita.asterisk.ami import Backoff
-from centralita.connector.cdr import FIELD_NAMES, CdrRecord
+from centralita.connector.cdr import FIELD_NAMES, HOSTNAME, CdrRecord, wire_payload
 from centralita.connector.http import ApiClient, HttpReply, TransportError
 from centralita.connector.metrics import ConnectorMetrics
 from centralita.connector.spool import DEAD, Spool, SpoolItem
+from centralita.connector.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 BATCH_PATH = "/mqs/cdr/batch"
 SINGLE_PATH = "/mqs/cdr"
-HOSTNAME = socket.gethostname()
 
 
 class SpoolSink:
@@ -53,7 +52,8 @@ class SpoolSink:
     async def _wait(self, timeout: float) -> bool:  # noqa: ASYNC109
         """Wait for new CDRs; True if woken, False on timeout."""
         try:
-            await asyncio.wait_for(self.wake.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: see centralita.connector.tasks
+                await self.wake.wait()
         except TimeoutError:
             return False
         self.wake.clear()
@@ -65,18 +65,11 @@ class SpoolSink:
 
 def api_payload(record: CdrRecord) -> dict[str, Any]:
     """The JSON of one CDR: every Asterisk field, plus the receiver's names for the main ones."""
-    data = record.as_dict()
-    data.update(
-        call_id=record.uniqueid,
-        calldate=record.start,
-        idempotency_key=record.key,
-        host_name=HOSTNAME,
-    )
-    return data
+    return wire_payload(record)
 
 
-def batch_key(records: Sequence[CdrRecord]) -> str:
-    digest = hashlib.sha256("\n".join(r.key for r in records).encode("utf-8")).hexdigest()
+def batch_key(keys: Sequence[str]) -> str:
+    digest = hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()
     return f"batch-{digest[:40]}"
 
 
@@ -153,10 +146,11 @@ class ApiSink(SpoolSink):
         """Send until delivered or refused; a refused batch is split to find the bad records."""
         backoff = Backoff(1.0, self.retry_max_delay)
         while True:
-            records = [item.record for item in items]
+            # The spool holds each CDR's JSON already: the batch is joined, not re-encoded.
+            body = ("[" + ",".join(item.wire for item in items) + "]").encode("utf-8")
             try:
-                reply = await self.client.post_json(
-                    BATCH_PATH, [api_payload(r) for r in records], {"Idempotency-Key": batch_key(records)}
+                reply = await self.client.post_body(
+                    BATCH_PATH, body, {"Idempotency-Key": batch_key([item.key for item in items])}
                 )
             except TransportError as exc:
                 await self._retry_later(backoff, len(items), f"CDR API unreachable ({exc})")
@@ -196,17 +190,15 @@ class ApiSink(SpoolSink):
                     task.add_done_callback(tasks.discard)
                     self.cursor = item.id
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(list(tasks))
 
     async def _deliver_one(self, item: SpoolItem, slots: asyncio.Semaphore) -> None:
         try:
             backoff = Backoff(1.0, self.retry_max_delay)
             while True:
                 try:
-                    reply = await self.client.post_json(
-                        SINGLE_PATH, api_payload(item.record), {"Idempotency-Key": item.record.key}
+                    reply = await self.client.post_body(
+                        SINGLE_PATH, item.wire.encode("utf-8"), {"Idempotency-Key": item.key}
                     )
                 except TransportError as exc:
                     await self._retry_later(backoff, 1, f"CDR API unreachable ({exc})")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from centralita.connector.cdr import CdrRecord
+from centralita.connector.cdr import CdrRecord, wire_json
 
 T = TypeVar("T")
 
@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS cdrs (
     received_at REAL NOT NULL,
     UNIQUE (uniqueid, sequence)
 );
-CREATE INDEX IF NOT EXISTS cdrs_uniqueid ON cdrs (uniqueid);
+-- lookups by uniqueid use the UNIQUE index's prefix; a second index only slowed inserts
+DROP INDEX IF EXISTS cdrs_uniqueid;
 CREATE TABLE IF NOT EXISTS deliveries (
     sink TEXT NOT NULL,
     cdr_id INTEGER NOT NULL,
@@ -47,6 +48,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     error TEXT,
     PRIMARY KEY (sink, cdr_id)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (sink) WHERE status = 'dead';
 CREATE TABLE IF NOT EXISTS backfill_files (
     inode INTEGER PRIMARY KEY,
     path TEXT NOT NULL,
@@ -65,6 +67,10 @@ CREATE TABLE IF NOT EXISTS recordings (
 );
 """
 
+_INSERT_CDR = (
+    "INSERT OR IGNORE INTO cdrs (uniqueid, sequence, payload, source, filtered, received_at) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
 DELIVERED = "delivered"
 DEAD = "dead"
 
@@ -73,11 +79,29 @@ class SpoolError(RuntimeError):
     """The spool cannot be opened or written: the connector must not go on without it."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SpoolItem:
+    """One spooled CDR. ``payload`` is the receiver-facing JSON (see cdr.wire_json), so
+    the API sink sends it without decoding; ``record`` decodes it on demand."""
+
     id: int
-    record: CdrRecord
+    key: str
+    payload: str
     received_at: float
+    _record: CdrRecord | None = None
+
+    @property
+    def record(self) -> CdrRecord:
+        if self._record is None:
+            self._record = CdrRecord.from_dict(json.loads(self.payload))
+        return self._record
+
+    @property
+    def wire(self) -> str:
+        """The JSON to send; rows spooled before payloads were stored in wire form are converted."""
+        if '"idempotency_key"' in self.payload:
+            return self.payload
+        return wire_json(self.record)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +119,7 @@ class Spool:
         self.path = self.directory / "cdr-spool.sqlite3"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         self._db: sqlite3.Connection | None = None
+        self._floor: dict[str, int] = {}  # per sink: every CDR with a lower id is settled
 
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -140,27 +165,25 @@ class Spool:
     def _add(self, entries: Sequence[tuple[CdrRecord, str | None]], source: str) -> list[tuple[CdrRecord, str | None]]:
         db = self.db
         now = time.time()
-        new: list[tuple[CdrRecord, str | None]] = []
+        rows = [
+            (record.uniqueid, record.sequence, wire_json(record), source, filtered, now) for record, filtered in entries
+        ]
         db.execute("BEGIN IMMEDIATE")
         try:
-            for record, filtered in entries:
-                cursor = db.execute(
-                    "INSERT OR IGNORE INTO cdrs (uniqueid, sequence, payload, source, filtered, received_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        record.uniqueid,
-                        record.sequence,
-                        json.dumps(record.as_dict(), ensure_ascii=False),
-                        source,
-                        filtered,
-                        now,
-                    ),
-                )
-                if cursor.rowcount:
-                    new.append((record, filtered))
+            before = db.total_changes
+            db.executemany(_INSERT_CDR, rows)
+            if db.total_changes - before == len(rows):
+                new = list(entries)
+            else:  # some were here already (AMI and back-fill both saw them): find out which, row by row
+                db.execute("ROLLBACK")
+                db.execute("BEGIN IMMEDIATE")
+                new = [entry for entry, row in zip(entries, rows, strict=True) if db.execute(_INSERT_CDR, row).rowcount]
+            # One commit, one fsync of the WAL, for the whole group: nothing of it is handed
+            # to a sink before this returns.
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         return new
 
@@ -170,12 +193,13 @@ class Spool:
 
     def _fetch(self, sink: str, after_id: int, limit: int) -> list[SpoolItem]:
         rows = self.db.execute(
-            "SELECT c.id, c.payload, c.received_at FROM cdrs c WHERE c.id > ? AND c.filtered IS NULL"
+            "SELECT c.id, c.uniqueid, c.sequence, c.payload, c.received_at FROM cdrs c"
+            " WHERE c.id > ? AND c.filtered IS NULL"
             " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.sink = ? AND d.cdr_id = c.id)"
             " ORDER BY c.id LIMIT ?",
             (after_id, sink, limit),
         ).fetchall()
-        return [SpoolItem(row[0], CdrRecord.from_dict(json.loads(row[1])), row[2]) for row in rows]
+        return [SpoolItem(row[0], f"{row[1]}:{row[2]}", row[3], row[4]) for row in rows]
 
     async def mark(self, sink: str, ids: Iterable[int], status: str = DELIVERED, error: str | None = None) -> None:
         """Record the outcome for ``sink``; committed before the caller moves on."""
@@ -201,13 +225,22 @@ class Spool:
         return await self._run(self._stats, sink)
 
     def _stats(self, sink: str) -> SinkStats:
-        depth, oldest = self.db.execute(
-            "SELECT COUNT(*), MIN(c.received_at) FROM cdrs c WHERE c.filtered IS NULL"
+        # Rows below the floor were all settled at the last look, so the scan covers only
+        # the undelivered tail instead of the whole retention period (which can be
+        # millions of rows, and this runs every few seconds on the spool's one thread).
+        # The floor lives in memory: a requeue from another process is seen after a restart.
+        floor = self._floor.get(sink, 0)
+        depth, oldest, first = self.db.execute(
+            "SELECT COUNT(*), MIN(c.received_at), MIN(c.id) FROM cdrs c WHERE c.id >= ? AND c.filtered IS NULL"
             " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.sink = ? AND d.cdr_id = c.id)",
-            (sink,),
+            (floor, sink),
         ).fetchone()
+        if first is None:
+            (last,) = self.db.execute("SELECT MAX(id) FROM cdrs").fetchone()
+            first = (last or 0) + 1
+        self._floor[sink] = int(first)
         (dead,) = self.db.execute(
-            "SELECT COUNT(*) FROM deliveries WHERE sink = ? AND status = ?", (sink, DEAD)
+            "SELECT COUNT(*) FROM deliveries WHERE sink = ? AND status = 'dead'", (sink,)
         ).fetchone()
         return SinkStats(int(depth), oldest, int(dead))
 
@@ -227,6 +260,7 @@ class Spool:
         return await self._run(self._requeue_dead, sink)
 
     def _requeue_dead(self, sink: str) -> int:
+        self._floor.pop(sink, None)
         cursor = self.db.execute("DELETE FROM deliveries WHERE sink = ? AND status = ?", (sink, DEAD))
         return cursor.rowcount
 
