@@ -23,11 +23,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.set_defaults(func=_bench)
 
     fake = sub.add_parser("fake-realtime", help="serve the OpenAI Realtime stand-in")
-    fake.add_argument("args", nargs=argparse.REMAINDER, help="options of python -m centralita.fakes.realtime")
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=8765)
+    fake.add_argument("--api-key", help="the bearer key to accept (default: any)")
+    fake.add_argument("--api-key-file", help="read the key to accept from this file")
+    fake.add_argument("--script", help="a JSON script (greeting, turns, ...)")
+    fake.add_argument("--ping-interval", type=float, default=5.0)
     fake.set_defaults(func=_fake_realtime)
 
     router = sub.add_parser("fake-mikrotik", help="serve the MikroTik RouterOS REST stand-in")
-    router.add_argument("args", nargs=argparse.REMAINDER, help="options of python -m centralita.fakes.mikrotik")
+    router.add_argument("--host", default="127.0.0.1")
+    router.add_argument("--port", type=int, default=8766)
+    router.add_argument("--user", default="api")
+    router.add_argument("--password-file", help="a file holding the API password")
     router.set_defaults(func=_fake_mikrotik)
 
 
@@ -49,10 +57,17 @@ def _bench(args: argparse.Namespace) -> int:
 def _fake_realtime(args: argparse.Namespace) -> int:
     from centralita.fakes import realtime
 
-    return realtime.main(args.args)
+    key = args.api_key
+    if args.api_key_file:
+        with open(args.api_key_file, encoding="utf-8") as handle:
+            key = handle.read().strip()
+    argv = ["--host", args.host, "--port", str(args.port), "--ping-interval", str(args.ping_interval)]
+    argv += ["--api-key", key] if key else []
+    return realtime.main(argv + (["--script", args.script] if args.script else []))
 
 
 def _fake_mikrotik(args: argparse.Namespace) -> int:
     from centralita.fakes import mikrotik
 
-    return mikrotik.main(args.args)
+    argv = ["--host", args.host, "--port", str(args.port), "--user", args.user]
+    return mikrotik.main(argv + (["--password-file", args.password_file] if args.password_file else []))
