@@ -56,7 +56,8 @@ def test_unknown_source_ip_gets_403_logged_for_fail2ban(world, vm_exec):
     assert result.ok, result.stdout[-2000:]
     assert "SIP/2.0 403" in world.messages(result)
     log = vm_exec("journalctl -u kamailio --no-pager -n 200 -o cat")
-    assert f"SBC: unauthorized source {stranger}:5060 for INVITE" in log
+    # the line the fail2ban kamailio filter matches
+    assert f"SECURITY: unknown_source source={stranger} port=5060 method=INVITE" in log
     rows = world.q(
         "SELECT reject_reason, sip_code FROM sbc_cdrs WHERE source_ip = %s AND invite_at > UTC_TIMESTAMP() - INTERVAL"
         " 1 MINUTE",
