@@ -199,8 +199,7 @@ class Lab:
         root.parent.mkdir(parents=True, exist_ok=True)
         run(["cp", "-a", "--reflink=auto", str(rootfs), str(root)], timeout=600)
         self._personalise(machine, root)
-        archives = cache_root() / "cache" / "apt-archives"
-        (archives / "partial").mkdir(parents=True, exist_ok=True)
+        _share_debs(_deb_cache(), root / "var/cache/apt/archives")
         console = root.with_suffix(".console.log")
         env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
         cmd = [
@@ -214,7 +213,6 @@ class Lab:
             f"--hostname={name}",
             f"--network-namespace-path=/run/netns/{machine.netns}",
             "--capability=CAP_NET_ADMIN",
-            f"--bind={archives}:/var/cache/apt/archives",
         ]
         with console.open("wb") as out:
             proc = subprocess.Popen(
@@ -331,6 +329,7 @@ class Lab:
         if link_exists(machine.veth):
             run(["ip", "link", "del", machine.veth], check=False)
         if machine.kind == "vm" and machine.root:
+            _share_debs(Path(machine.root) / "var/cache/apt/archives", _deb_cache())
             shutil.rmtree(machine.root, ignore_errors=True)
             Path(machine.root).with_suffix(".console.log").unlink(missing_ok=True)
 
@@ -342,6 +341,30 @@ class Lab:
                     parts = line.replace('"', "").split()
                     if parts and parts[0] == "-A":
                         run(["iptables", "-t", table, "-D", *parts[1:]], check=False)
+
+
+def _deb_cache() -> Path:
+    return cache_root() / "cache" / "apt-archives"
+
+
+def _share_debs(source: Path, target: Path) -> None:
+    """Hard-link downloaded packages between the host's cache and a VM.
+
+    Each VM keeps its own apt archive directory (and so its own apt lock);
+    packages downloaded by one VM are handed to the next through the cache,
+    so a rebuilt lab does not download them again.
+    """
+    if not source.is_dir():
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for deb in source.glob("*.deb"):
+        dest = target / deb.name
+        if dest.exists():
+            continue
+        try:
+            os.link(deb, dest)
+        except OSError:
+            shutil.copy2(deb, dest)
 
 
 def _alive(pid: int) -> bool:
