@@ -105,3 +105,63 @@ def test_migration_declares_the_unique_cdr_key(db_conn):
         cursor.execute("SHOW INDEX FROM asterisk_cdrs WHERE Key_name = 'uq_asterisk_cdrs_uniqueid_sequence'")
         columns = [row["Column_name"] for row in cursor.fetchall()]
     assert columns == ["uniqueid", "sequence"]
+
+
+def test_recording_states_reach_asterisk_recordings_and_follow_later_changes(
+    tmp_path, migrated_db: DbSettings, db_conn
+):
+    from centralita.connector.sinks import MariaDbRecordingSink
+
+    uniqueid = f"1763812345.{uuid.uuid4().int % 10**9}"
+    path = str(tmp_path / f"{uniqueid}.wav")
+
+    async def scenario():
+        spool = Spool(tmp_path)
+        await spool.open()
+        sink = MariaDbRecordingSink(spool, connect_args(migrated_db), poll_interval=0.1)
+        task = asyncio.create_task(sink.run())
+        try:
+            await spool.save_recording(
+                path, size=64044, mtime=1.0, uniqueid=uniqueid, linkedid="1763812300.9", duration=4.0, status="failed",
+                error="HTTP 503", attempts=1,
+            )  # fmt: skip
+            sink.notify()
+            first = await _wait_row(db_conn, path, "failed")
+            await spool.save_recording(path, status="uploaded", error=None, attempts=2, uploaded_at=1763812400.5)
+            sink.notify()
+            second = await _wait_row(db_conn, path, "uploaded")
+            left = await spool.recordings_to_sync()
+        finally:
+            task.cancel()
+            await asyncio.wait({task}, timeout=10)
+            await spool.close()
+        return first, second, left
+
+    try:
+        first, second, left = asyncio.run(scenario())
+        assert (first["error"], first["attempts"]) == ("HTTP 503", 1)
+        assert second["uniqueid"] == uniqueid and second["linkedid"] == "1763812300.9"
+        assert (second["size_bytes"], float(second["duration_seconds"]), second["attempts"]) == (64044, 4.0, 2)
+        assert second["error"] is None
+        assert str(second["uploaded_at"]) == "2025-11-22 11:53:20.500000"
+        assert left == []
+    finally:
+        with db_conn.cursor() as cursor:
+            cursor.execute("DELETE FROM asterisk_recordings WHERE uniqueid = %s", (uniqueid,))
+
+
+async def _wait_row(db_conn, path: str, status: str, timeout: float = 10) -> dict:
+    import hashlib
+    import time
+
+    digest = hashlib.sha256(path.encode()).hexdigest()
+    deadline = time.monotonic() + timeout
+    while True:
+        with db_conn.cursor() as cursor:
+            cursor.execute("SELECT * FROM asterisk_recordings WHERE path_sha256 = %s", (digest,))
+            row = cursor.fetchone()
+        if row and row["status"] == status:
+            return row
+        if time.monotonic() > deadline:
+            raise AssertionError(f"asterisk_recordings has {row!r}, expected status {status}")
+        await asyncio.sleep(0.1)

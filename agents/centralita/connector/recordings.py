@@ -194,6 +194,10 @@ class RecordingWatcher:
         metrics: ConnectorMetrics,
         *,
         tick: float = 0.25,
+        retry_initial: float = 5.0,
+        retry_maximum: float = 600.0,
+        retry_check: float = 5.0,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.spool = spool
@@ -201,6 +205,10 @@ class RecordingWatcher:
         self.metrics = metrics
         self.rules = RecordingRules.from_settings(settings)
         self.tick = tick
+        self.retry_initial = retry_initial
+        self.retry_maximum = retry_maximum
+        self.retry_check = retry_check
+        self._on_change = on_change or (lambda: None)
         self._watching: dict[Path, tuple[int, float, float]] = {}  # path -> (size, mtime, unchanged since)
         self._ready: asyncio.Queue[Path] = asyncio.Queue()
         self.hostname = socket.gethostname()
@@ -280,7 +288,7 @@ class RecordingWatcher:
 
     async def _retry_loop(self) -> None:
         while True:
-            await asyncio.sleep(5)
+            await asyncio.sleep(self.retry_check)
             now = time.time()
             for row in await self.spool.recordings_with_status(FAILED):
                 if row["next_try"] <= now and Path(row["path"]).exists():  # noqa: ASYNC240
@@ -310,19 +318,29 @@ class RecordingWatcher:
         if reason is not None:
             self.metrics.recordings_skipped.inc(reason=reason)
             await self.spool.save_recording(key, size=stat.st_size, mtime=stat.st_mtime, status=SKIPPED, error=reason)
+            self._on_change()
             log.info("recording %s skipped (%s)", path, reason)
             return SKIPPED
         uniqueid = uniqueid_from_name(path.name)
         attempts = (state or {}).get("attempts", 0) + 1
-        await self.spool.save_recording(
-            key, size=stat.st_size, mtime=stat.st_mtime, uniqueid=uniqueid, status=PENDING, attempts=attempts
-        )
-        return await self._upload(path, uniqueid, attempts)
-
-    async def _upload(self, path: Path, uniqueid: str | None, attempts: int) -> str:
-        key = str(path)
         linkedid = await self.spool.linkedid_of(uniqueid) if uniqueid else None
         duration = await asyncio.to_thread(_safe_duration, path)
+        await self.spool.save_recording(
+            key,
+            size=stat.st_size,
+            mtime=stat.st_mtime,
+            uniqueid=uniqueid,
+            linkedid=linkedid or uniqueid,
+            duration=duration,
+            status=PENDING,
+            attempts=attempts,
+        )
+        return await self._upload(path, uniqueid, linkedid, duration, attempts)
+
+    async def _upload(
+        self, path: Path, uniqueid: str | None, linkedid: str | None, duration: float | None, attempts: int
+    ) -> str:
+        key = str(path)
         fields = {
             "recording_id": uniqueid or path.name,
             "call_id": uniqueid or "",
@@ -341,7 +359,8 @@ class RecordingWatcher:
             return await self._failed(path, attempts, f"upload failed: {exc}")
         self.metrics.api_request_duration.observe(reply.seconds, endpoint="recording")
         if 200 <= reply.status < 300 or reply.status == 409:
-            await self.spool.save_recording(key, status=UPLOADED, error=None)
+            await self.spool.save_recording(key, status=UPLOADED, error=None, uploaded_at=time.time())
+            self._on_change()
             self.metrics.recordings_uploaded.inc()
             log.info("recording %s uploaded (call %s)", path, uniqueid or "unknown")
             if self.settings.recording_delete_after_upload:
@@ -351,6 +370,7 @@ class RecordingWatcher:
             return await self._failed(path, attempts, f"HTTP {reply.status}: {reply.body[:200]}")
         self.metrics.recordings_failed.inc()
         await self.spool.save_recording(key, status=REJECTED, error=f"HTTP {reply.status}: {reply.body[:500]}")
+        self._on_change()
         log.error(
             "recording %s refused by the API with HTTP %d (%s); kept on disk", path, reply.status, reply.body[:200]
         )
@@ -358,10 +378,11 @@ class RecordingWatcher:
 
     async def _failed(self, path: Path, attempts: int, error: str) -> str:
         self.metrics.recordings_failed.inc()
-        backoff = Backoff(5.0, 600.0)
+        backoff = Backoff(self.retry_initial, self.retry_maximum)
         backoff.attempt = min(attempts - 1, 10)
         delay = backoff.next_delay()
         await self.spool.save_recording(str(path), status=FAILED, error=error, next_try=time.time() + delay)
+        self._on_change()
         log.warning("recording %s: %s; retrying in %.0fs", path, error, delay)
         return FAILED
 
@@ -373,7 +394,8 @@ class RecordingWatcher:
         except OSError as exc:
             log.error("recording %s uploaded but could not be deleted: %s", path, exc)
             return
-        await self.spool.save_recording(str(path), status=DELETED)
+        await self.spool.save_recording(str(path), status=DELETED, deleted_at=time.time())
+        self._on_change()
 
 
 def _stat_many(paths: Iterable[Path]) -> dict[Path, os.stat_result | None]:

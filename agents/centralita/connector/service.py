@@ -23,7 +23,7 @@ from centralita.connector.http import ApiClient
 from centralita.connector.metrics import ConnectorMetrics
 from centralita.connector.recordings import RecordingWatcher
 from centralita.connector.settings import ConnectorSettings
-from centralita.connector.sinks import ApiSink, MariaDbSink, SpoolSink
+from centralita.connector.sinks import ApiSink, MariaDbRecordingSink, MariaDbSink, SpoolSink
 from centralita.connector.spool import Spool, free_bytes
 from centralita.connector.tasks import cancel_and_wait
 from centralita.metrics import serve_metrics
@@ -231,12 +231,16 @@ class Connector:
                 )
             )
         if s.db_enabled:
-            args: dict[str, object] = {"user": s.db_user, "password": s.db_password, "database": s.db_name}
-            if s.db_socket:
-                args["unix_socket"] = s.db_socket
-            else:
-                args.update(host=s.db_host, port=s.db_port)
-            self.sinks.append(MariaDbSink(self.spool, self.metrics, args))
+            self.sinks.append(MariaDbSink(self.spool, self.metrics, self._db_args()))
+
+    def _db_args(self) -> dict[str, object]:
+        s = self.settings
+        args: dict[str, object] = {"user": s.db_user, "password": s.db_password, "database": s.db_name}
+        if s.db_socket:
+            args["unix_socket"] = s.db_socket
+        else:
+            args.update(host=s.db_host, port=s.db_port)
+        return args
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then drain what was read and close everything."""
@@ -275,8 +279,13 @@ class Connector:
                 if self.api is None:
                     log.error("RECORDING_WATCHER_ENABLED needs the CDR API (CDR_API_ENABLED=true); not watching")
                 else:
-                    watcher = RecordingWatcher(s, self.spool, self.api, self.metrics)
+                    recording_db = MariaDbRecordingSink(self.spool, self._db_args()) if s.db_enabled else None
+                    watcher = RecordingWatcher(
+                        s, self.spool, self.api, self.metrics, on_change=recording_db.notify if recording_db else None
+                    )
                     tasks.append(asyncio.create_task(watcher.run(), name="recordings"))
+                    if recording_db is not None:
+                        tasks.append(asyncio.create_task(recording_db.run(), name="recordings-mariadb"))
             ami_task = asyncio.create_task(ami.run(), name="ami")
             stopper = asyncio.create_task(stop.wait(), name="stop")
             done, _ = await asyncio.wait({stopper, ami_task, *tasks}, return_when=asyncio.FIRST_COMPLETED)

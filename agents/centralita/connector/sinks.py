@@ -349,3 +349,110 @@ class MariaDbSink(SpoolSink):
             with contextlib.suppress(pymysql.err.MySQLError, OSError):
                 self._conn.close()
             self._conn = None
+
+
+# The panel's recording list --------------------------------------------------------
+
+_RECORDING_STATUS = {"uploaded": "uploaded", "deleted": "uploaded", "failed": "failed", "rejected": "failed"}
+_RECORDING_UPSERT = (
+    "INSERT INTO asterisk_recordings (uniqueid, linkedid, path, path_sha256, size_bytes, duration_seconds, status,"
+    " error, attempts, uploaded_at, deleted_at, host) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON DUPLICATE KEY UPDATE uniqueid = VALUES(uniqueid), linkedid = VALUES(linkedid), size_bytes ="
+    " VALUES(size_bytes), duration_seconds = VALUES(duration_seconds), status = VALUES(status), error ="
+    " VALUES(error), attempts = VALUES(attempts), uploaded_at = VALUES(uploaded_at), deleted_at = VALUES(deleted_at)"
+)
+
+
+def _db_epoch(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def recording_row(state: dict[str, Any]) -> tuple[Any, ...]:
+    """A spool ``recordings`` row as an ``asterisk_recordings`` row (times in UTC)."""
+    path = str(state["path"])
+    status = _RECORDING_STATUS.get(state["status"], "skipped")
+    duration = state.get("duration")
+    return (
+        state.get("uniqueid"),
+        state.get("linkedid"),
+        path[:1024],
+        hashlib.sha256(path.encode("utf-8")).hexdigest(),
+        int(state["size"]),
+        None if duration is None else round(float(duration), 2),
+        status,
+        (state.get("error") or None) and str(state["error"])[:1024],
+        int(state.get("attempts") or 0),
+        _db_epoch(state.get("uploaded_at")),
+        _db_epoch(state.get("deleted_at")),
+        HOSTNAME,
+    )
+
+
+class MariaDbRecordingSink:
+    """Mirrors the recording watcher's state (kept in the spool) into ``asterisk_recordings``.
+
+    The spool row is the truth; a row is flagged synced only when MariaDB took the
+    version that was read, so a database outage delays the panel's list but loses
+    nothing, and a restart picks up where it stopped.
+    """
+
+    name = "mariadb-recordings"
+
+    def __init__(self, spool: Spool, connect_args: dict[str, Any], *, poll_interval: float = 5.0) -> None:
+        self.spool = spool
+        self.connect_args = {**connect_args, "autocommit": False, "charset": "utf8mb4", "connect_timeout": 5}
+        self.connect_args.setdefault("read_timeout", 30)
+        self.connect_args.setdefault("write_timeout", 30)
+        self.poll_interval = poll_interval
+        self.wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rec-mariadb")
+        self._conn: pymysql.connections.Connection | None = None
+
+    def notify(self) -> None:
+        self.wake.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = Backoff(1.0, 60.0)
+        try:
+            while True:
+                rows = await self.spool.recordings_to_sync()
+                if rows:
+                    try:
+                        await loop.run_in_executor(self._executor, self._upsert, [recording_row(r) for r in rows])
+                    except (pymysql.err.MySQLError, OSError) as exc:
+                        delay = backoff.next_delay()
+                        log.warning("MariaDB recording list unavailable (%s); retrying in %.1fs", exc, delay)
+                        await loop.run_in_executor(self._executor, self._close)
+                        await asyncio.sleep(delay)
+                        continue
+                    backoff.reset()
+                    await self.spool.mark_recordings_synced([(r["path"], r["updated_at"]) for r in rows])
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_interval):
+                        await self.wake.wait()
+                self.wake.clear()
+        finally:
+            await loop.run_in_executor(self._executor, self._close)
+            self._executor.shutdown(wait=False)
+
+    def _upsert(self, rows: list[tuple[Any, ...]]) -> None:
+        if self._conn is None:
+            self._conn = pymysql.connect(**self.connect_args)
+        try:
+            with self._conn.cursor() as cursor:
+                cursor.executemany(_RECORDING_UPSERT, rows)
+            self._conn.commit()
+        except BaseException:
+            with contextlib.suppress(pymysql.err.MySQLError, OSError):
+                self._conn.rollback()
+            raise
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(pymysql.err.MySQLError, OSError):
+                self._conn.close()
+            self._conn = None

@@ -67,6 +67,16 @@ CREATE TABLE IF NOT EXISTS recordings (
 );
 """
 
+# Columns added to ``recordings`` after the first release, added to older spools on open.
+RECORDING_COLUMNS = {
+    "linkedid": "TEXT",
+    "duration": "REAL",
+    "uploaded_at": "REAL",
+    "deleted_at": "REAL",
+    # 0 while the panel's asterisk_recordings row lags behind this one
+    "db_synced": "INTEGER NOT NULL DEFAULT 0",
+}
+
 _INSERT_CDR = (
     "INSERT OR IGNORE INTO cdrs (uniqueid, sequence, payload, source, filtered, received_at) VALUES (?, ?, ?, ?, ?, ?)"
 )
@@ -136,6 +146,10 @@ class Spool:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(SCHEMA)
+            present = {row[1] for row in db.execute("PRAGMA table_info(recordings)")}
+            for column, kind in RECORDING_COLUMNS.items():
+                if column not in present:
+                    db.execute(f"ALTER TABLE recordings ADD COLUMN {column} {kind}")
         except (OSError, sqlite3.Error) as exc:
             raise SpoolError(f"cannot open the CDR spool {self.path}: {exc}") from exc
         self._db = db
@@ -344,6 +358,7 @@ class Spool:
         }
         current.update(values)
         current["updated_at"] = time.time()
+        current["db_synced"] = 0
         columns = list(current)
         self.db.execute(
             f"INSERT OR REPLACE INTO recordings ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",  # noqa: S608
@@ -352,6 +367,32 @@ class Spool:
 
     async def recordings_with_status(self, status: str) -> list[dict[str, Any]]:
         return await self._run(self._recordings_with_status, status)
+
+    async def recordings_to_sync(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Recording rows whose latest state has not reached the panel's database yet."""
+        return await self._run(self._recordings_to_sync, limit)
+
+    def _recordings_to_sync(self, limit: int) -> list[dict[str, Any]]:
+        cursor = self.db.execute(
+            "SELECT * FROM recordings WHERE db_synced = 0 AND status != 'pending' ORDER BY updated_at LIMIT ?", (limit,)
+        )
+        names = [c[0] for c in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    async def mark_recordings_synced(self, rows: Sequence[tuple[str, float]]) -> None:
+        """Flag (path, updated_at) pairs as synced; a row changed since it was read stays unsynced."""
+        if rows:
+            await self._run(self._mark_recordings_synced, list(rows))
+
+    def _mark_recordings_synced(self, rows: list[tuple[str, float]]) -> None:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("UPDATE recordings SET db_synced = 1 WHERE path = ? AND updated_at = ?", rows)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _recordings_with_status(self, status: str) -> list[dict[str, Any]]:
         cursor = self.db.execute("SELECT * FROM recordings WHERE status = ? ORDER BY next_try", (status,))
