@@ -39,7 +39,7 @@ APOLOGY_MAX_S = 6.0
 
 
 def build_tools(settings: AicallSettings) -> ToolBox:
-    tools = call_tools(settings.transfer_extension or None)
+    tools = call_tools(settings.transfer_target)
     if settings.enable_mikrotik_tools:
         # a request may last as long as its tool is allowed to; the tool's own timeout stops the wait
         longest = max(settings.tool_timeout_seconds, settings.ping_timeout_seconds)
@@ -119,7 +119,7 @@ class AicallAgent:
             progress_repeat=settings.progress_repeat_seconds,
             reconnect_window=settings.reconnect_window_seconds,
             connect_timeout=settings.connect_timeout_seconds,
-            transfer_target=settings.transfer_extension or None,
+            transfer_target=settings.transfer_target,
             input_frames=settings.input_frames,
         )
 
@@ -276,11 +276,11 @@ class AicallAgent:
         log.warning("call %s rejected: %d calls in progress", record.call_id, len(self.sessions))
         record.end_reason = "rejected_busy"
         try:
-            if self.settings.transfer_extension:
+            if self.settings.transfer_target:
                 await self.ari.continue_in_dialplan(
-                    record.call_id, self.settings.transfer_context, self.settings.transfer_extension
+                    record.call_id, self.settings.transfer_context, self.settings.transfer_target
                 )
-                record.transferred_to = self.settings.transfer_extension
+                record.transferred_to = self.settings.transfer_target
             else:
                 await self.ari.hangup(record.call_id, reason="congestion")
         except AriError as exc:

@@ -93,9 +93,9 @@ class AicallSettings(DbSettings):
     progress_phrase: str = setting("AICALL_PROGRESS_PHRASE", default="Un momento, por favor.")
     progress_delay_seconds: float = setting("AICALL_PROGRESS_DELAY_SECONDS", default=1.5, minimum=0.2, maximum=10)
     progress_repeat_seconds: float = setting("AICALL_PROGRESS_REPEAT_SECONDS", default=8.0, minimum=2, maximum=60)
-    transfer_context: str = setting("AICALL_TRANSFER_CONTEXT", default="centralita-transfer")
+    transfer_context: str = setting("AICALL_TRANSFER_CONTEXT", default="transfer")
     transfer_extension: str = setting(
-        "AICALL_TRANSFER_EXTENSION", default="", help="extension or queue number; empty disables transfer_to_human"
+        "AICALL_TRANSFER_EXTENSION", default="human", help="extension or queue; 'none' disables transfer_to_human"
     )
     apology_sound: str = setting("AICALL_APOLOGY_SOUND", default="sound:cannot-complete-temp-error")
     spool_dir: Path = setting("AICALL_SPOOL_DIR", default=Path("/var/lib/centralita/aicall/spool"))  # noqa: RUF009
@@ -133,6 +133,12 @@ class AicallSettings(DbSettings):
             raise ConfigError(
                 f"AICALL_INSTRUCTIONS_FILE: cannot read {self.instructions_file}: {exc.strerror}"
             ) from exc
+
+    @property
+    def transfer_target(self) -> str | None:
+        """The extension callers are transferred to, or None when transfers are off."""
+        target = self.transfer_extension.strip()
+        return None if target.lower() in ("", "none") else target
 
     @property
     def tls_verify(self) -> bool | str:

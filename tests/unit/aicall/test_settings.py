@@ -15,7 +15,8 @@ def test_defaults_give_rtp_ulaw_and_the_ga_realtime_endpoint() -> None:
     assert settings.media == "rtp" and settings.codec == "ulaw"
     assert settings.realtime_url == "wss://api.openai.com/v1/realtime"
     assert describe(settings)["OPENAI_API_KEY"] == "***"
-    tools = build_tools(settings)
+    assert (settings.transfer_context, settings.transfer_extension) == ("transfer", "human")  # the asterisk role's
+    tools = build_tools(load_settings(AicallSettings, environ={**BASE, "AICALL_TRANSFER_EXTENSION": "none"}))
     assert [t.name for t in tools.specs] == ["end_call"]
     assert session_config(settings, tools).law == "ulaw"
 
@@ -31,6 +32,7 @@ def test_the_seed_mikrotik_api_mode_enables_the_network_tools() -> None:
 def test_routers_are_listed_by_name_with_shared_credentials() -> None:
     env = {**BASE, "ENABLE_MIKROTIK_TOOLS": "yes", "MIKROTIK_ROUTERS": "core=https://10.1.0.1,north=https://10.2.0.1"}
     env |= {"MIKROTIK_USER": "api", "MIKROTIK_PASSWORD": "s", "MIKROTIK_TLS_VERIFY": "false"}
+    env |= {"AICALL_TRANSFER_EXTENSION": "None"}
     settings = load_settings(AicallSettings, environ=env)
     assert settings.tls_verify is False and len(build_tools(settings).specs) == 5
 
