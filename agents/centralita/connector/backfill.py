@@ -18,7 +18,10 @@ The asterisk role writes this mapping to cdr_custom.conf (one line)::
       ${CSV_QUOTE(${CDR(disposition)})},${CSV_QUOTE(${CDR(amaflags)})},${CSV_QUOTE(${CDR(uniqueid)})},
       ${CSV_QUOTE(${CDR(userfield)})},${CSV_QUOTE(${CDR(linkedid)})},${CSV_QUOTE(${CDR(sequence)})}
 
-i.e. the fields of :data:`centralita.connector.cdr.FIELD_NAMES`, in that order.
+i.e. the fields of :data:`centralita.connector.cdr.FIELD_NAMES`, in that order. A
+21st column, ``peeraccount`` (which the role also maps into the Cdr event as
+PeerAccount), is accepted and ignored; any other column count is an error that
+names the mapping.
 """
 
 from __future__ import annotations
@@ -46,12 +49,19 @@ def format_csv_line(values: dict[str, str]) -> str:
     return ",".join('"' + str(values.get(name, "")).replace('"', '""') + '"' for name in FIELD_NAMES) + "\n"
 
 
+# Columns the reader accepts after FIELD_NAMES and does not keep.
+OPTIONAL_TRAILING = ("peeraccount",)
+
+
 def parse_csv_line(line: str, zone: tzinfo) -> CdrRecord:
     rows = list(csv.reader([line]))
-    if not rows or len(rows[0]) != len(FIELD_NAMES):
-        found = len(rows[0]) if rows else 0
-        raise CdrError(f"expected {len(FIELD_NAMES)} CSV fields (the cdr_custom mapping), found {found}")
-    return record_from_fields(dict(zip(FIELD_NAMES, rows[0])), zone)  # noqa: B905
+    found = len(rows[0]) if rows else 0
+    if not len(FIELD_NAMES) <= found <= len(FIELD_NAMES) + len(OPTIONAL_TRAILING):
+        raise CdrError(
+            f"expected {len(FIELD_NAMES)} CSV fields (the cdr_custom mapping: {', '.join(FIELD_NAMES)}"
+            f" [, {', '.join(OPTIONAL_TRAILING)}]), found {found}"
+        )
+    return record_from_fields(dict(zip(FIELD_NAMES, rows[0][: len(FIELD_NAMES)], strict=True)), zone)
 
 
 def rotated_files(path: Path) -> list[Path]:

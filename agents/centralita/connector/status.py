@@ -12,6 +12,7 @@ import asyncio
 import os
 import re
 import shutil
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,16 +34,25 @@ class Check:
     warning: bool = False
 
 
-def asterisk_pids(proc: Path = Path("/proc")) -> list[int]:
-    pids = []
-    for entry in proc.iterdir() if proc.is_dir() else []:
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == "asterisk":
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
+CONTROL_SOCKET = Path("/var/run/asterisk/asterisk.ctl")
+
+
+def control_socket_ready(path: Path = CONTROL_SOCKET) -> bool:
+    """Whether this host's Asterisk has its console socket up.
+
+    Not a process scan: on a host that also runs containers or lab VMs, their
+    Asterisk processes show in /proc too, while only the local one owns this socket.
+    """
+    try:
+        return stat.S_ISSOCK(path.stat().st_mode)
+    except OSError:
+        return False
+
+
+def parse_version(text: str) -> str | None:
+    """``core show version`` -> "Asterisk 22.10.1" (None when the answer is something else)."""
+    match = re.search(r"^(Asterisk \S+)", text.strip(), re.MULTILINE)
+    return match.group(1) if match else None
 
 
 def parse_cdr_status(text: str) -> tuple[bool | None, bool, bool]:
@@ -68,7 +78,7 @@ async def _asterisk_rx(binary: str, command: str) -> tuple[int, str]:
     return process.returncode or 0, output.decode("utf-8", "replace")
 
 
-async def run_checks(settings: ConnectorSettings) -> list[Check]:
+async def run_checks(settings: ConnectorSettings, control_socket: Path = CONTROL_SOCKET) -> list[Check]:
     checks: list[Check] = []
     binary = shutil.which(settings.asterisk_binary)
     if binary is None:
@@ -77,25 +87,25 @@ async def run_checks(settings: ConnectorSettings) -> list[Check]:
         )
     else:
         checks.append(Check("Asterisk binary", True, binary))
-    pids = await asyncio.to_thread(asterisk_pids)
+    socket_ready = await asyncio.to_thread(control_socket_ready, control_socket)
+    version: str | None = None
+    if binary is not None and socket_ready:
+        code, output = await _asterisk_rx(binary, "core show version")
+        version = parse_version(output) if code == 0 else None
+        running_detail = version or (output.strip().splitlines() or ["no answer"])[0][:200]
+    else:
+        running_detail = f"no control socket at {control_socket}"
     checks.append(
         Check(
             "Asterisk running",
-            bool(pids),
-            f"PID {', '.join(map(str, pids))}" if pids else "no asterisk process",
-            "systemctl start asterisk; journalctl -u asterisk for why it stopped",
+            version is not None,
+            running_detail,
+            "systemctl start asterisk (journalctl -u asterisk says why it stopped); "
+            "run this as root, the console socket is root's",
         )
     )
-    if binary and pids:
-        code, output = await _asterisk_rx(binary, "core show version")
-        checks.append(
-            Check(
-                "Asterisk version",
-                code == 0,
-                output.strip().splitlines()[0] if output.strip() else "",
-                "run as root (the console socket is root's) or check /var/run/asterisk",
-            )
-        )
+    if version is not None:
+        assert binary is not None
         code, output = await _asterisk_rx(binary, "cdr show status")
         enabled, registered, suspended = parse_cdr_status(output)
         checks.append(

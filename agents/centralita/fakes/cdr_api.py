@@ -6,6 +6,8 @@ Endpoints, under any base path (``/v1`` or none):
 * ``POST .../mqs/cdr``: one CDR object -> 202
 * ``POST .../mqs/recording``: multipart form (``audio`` file + ``recording_id``, ``call_id``, ``linkedid``) -> 202
 * ``GET .../health`` -> 200
+* ``GET .../_stand-in/state`` -> counts; ``GET .../_stand-in/records`` -> every CDR and recording it holds
+  (for lab tests that look for one call)
 
 ``Authorization: Bearer <key>`` is checked (401 otherwise). Every CDR must carry
 ``uniqueid``, ``sequence`` and ``idempotency_key`` (400 otherwise). The server
@@ -191,6 +193,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {"status": "ok"})
         elif self.path.rstrip("/").endswith("/_stand-in/state"):
             self._send(200, self.owner.summary())
+        elif self.path.rstrip("/").endswith("/_stand-in/records"):
+            with self.owner.lock:
+                body = {
+                    "records": list(self.owner.state.records.values()),
+                    "recordings": list(self.owner.state.recordings),
+                }
+            self._send(200, body)
         else:
             self._send(404, {"error": "not found"})
 
