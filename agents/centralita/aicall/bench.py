@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import gc
 import itertools
 import json
 import os
@@ -336,6 +337,7 @@ def bench(
 ) -> list[Point]:
     """Run every load point in turn (bounded: each lasts ``seconds`` plus set-up)."""
     g711.warm_up()
+    gc.freeze()  # as the agent does after start-up
     points = []
     for count in calls:
         point = asyncio.run(run_point(count, seconds, law, pin, realtime, input_frames))

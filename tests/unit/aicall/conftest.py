@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from aicall_harness import SERVER_EVENTS
+
+
+@pytest.fixture(scope="session", autouse=True)
+def frozen_heap() -> None:
+    """Freeze what is loaded (openai's and pydantic's models included), as the agent does at start.
+
+    Without it a full collection over the test process's large heap stalls the event loop
+    for 70-300 ms, which the pacing assertions would then measure.
+    """
+    gc.freeze()
 
 
 @pytest.fixture
