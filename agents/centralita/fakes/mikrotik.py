@@ -15,6 +15,7 @@ import base64
 import copy
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -242,10 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m centralita.fakes.mikrotik", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8766)
-    parser.add_argument("--user", default="api")
-    parser.add_argument("--password-file", help="a file holding the API password (default: the stand-in's own)")
+    parser.add_argument("--user", default=os.environ.get("MIKROTIK_USER") or "api")
+    parser.add_argument(
+        "--password-file", help="a file holding the API password (default: $MIKROTIK_PASSWORD, else the stand-in's own)"
+    )
     args = parser.parse_args(argv)
     router = FakeMikrotik(user=args.user, host=args.host, port=args.port)
+    if os.environ.get("MIKROTIK_PASSWORD"):
+        router.password = os.environ["MIKROTIK_PASSWORD"]
     if args.password_file:
         with open(args.password_file, encoding="utf-8") as handle:
             router.password = handle.read().strip()

@@ -17,6 +17,7 @@ import http
 import itertools
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -788,7 +789,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m centralita.fakes.realtime", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--api-key", default=None, help="the bearer key to accept (default: any)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("OPENAI_API_KEY") or None,
+        help="the bearer key to accept (default: $OPENAI_API_KEY, else any)",
+    )
     parser.add_argument("--script", help="a JSON file with the Script fields (greeting, turns, ...)")
     parser.add_argument("--ping-interval", type=float, default=5.0)
     parser.add_argument("--no-validate", action="store_true", help="skip checking client events (saves CPU)")
