@@ -32,6 +32,7 @@ from centralita.connector.http import ApiClient, TransportError
 from centralita.connector.metrics import ConnectorMetrics
 from centralita.connector.settings import ConnectorSettings
 from centralita.connector.spool import Spool
+from centralita.connector.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -240,9 +241,7 @@ class RecordingWatcher:
             ]
             await asyncio.gather(*tasks)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
             observer.stop()
             await asyncio.to_thread(observer.join, 5)
 

@@ -158,7 +158,8 @@ class Spool:
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
-        self._executor.shutdown(wait=True)
+        # the spool thread is idle now; shutting it down off the loop keeps the loop free regardless
+        await asyncio.to_thread(self._executor.shutdown, True)
 
     @property
     def db(self) -> sqlite3.Connection:

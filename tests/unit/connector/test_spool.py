@@ -108,3 +108,39 @@ def test_spool_runs_in_wal_mode_with_full_sync(tmp_path):
         return mode, sync
 
     assert asyncio.run(scenario()) == ("wal", 2)
+
+
+def test_spool_depth_stays_right_as_the_settled_head_is_skipped(tmp_path):
+    async def scenario():
+        spool = Spool(tmp_path)
+        await spool.open()
+        await spool.add(records(0, 6), "ami")
+        items = await spool.fetch("api", 0, 10)
+        seen = [(await spool.stats("api")).depth]
+        await spool.mark("api", [i.id for i in items[:4]])
+        seen.append((await spool.stats("api")).depth)
+        await spool.mark("api", [i.id for i in items[4:]])
+        seen.append((await spool.stats("api")).depth)
+        await spool.add(records(6, 3), "backfill")  # new rows after everything was settled
+        stats = await spool.stats("api")
+        seen.append(stats.depth)
+        await spool.close()
+        return seen, stats.oldest_received_at is not None
+
+    assert asyncio.run(scenario()) == ([6, 2, 0, 3], True)
+
+
+def test_records_already_spooled_are_reported_once_even_inside_a_new_group(tmp_path):
+    async def scenario():
+        spool = Spool(tmp_path)
+        await spool.open()
+        await spool.add(records(0, 3), "ami")
+        mixed = records(2, 3)  # 2 is old, 3 and 4 are new
+        new = await spool.add(mixed, "backfill")
+        payloads = [i.key for i in await spool.fetch("api", 0, 10)]
+        await spool.close()
+        return [record.sequence for record, _reason in new], payloads
+
+    new, keys = asyncio.run(scenario())
+    assert new == [3, 4]
+    assert keys == [f"{1763800000}.{n}:{n}" for n in range(5)]
