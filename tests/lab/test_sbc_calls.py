@@ -4,6 +4,8 @@ and events the SBC wrote."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 NUMBER = "573001234567"
@@ -353,3 +355,27 @@ def test_flood_from_one_source_is_banned_for_an_hour(world):
     world.q(
         "DELETE FROM events WHERE type = 'security_flood_detected' AND JSON_VALUE(payload, '$.ip') = %s", (scanner,)
     )
+
+
+def test_channel_count_and_running_calls_survive_a_kamailio_restart(world, vm_exec):
+    world.add_peer("cust")
+    car_ip = world.add_peer("carrier1")
+    customer = world.customer(world.lab.peer_address("cust"), max_channels=2)
+    world.carrier(car_ip)
+    world.reload()
+    world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=2, timeout=60)
+    held = world.sipp.start(
+        "cust", "sbc_customer.xml", world.sbc, calls=2, rate=10, timeout=60, extra=["-s", NUMBER, "-d", "12000"]
+    )
+    time.sleep(3)
+
+    vm_exec("systemctl restart kamailio")
+    time.sleep(2)
+    refused = world.sipp("cust", "sbc_customer.xml", world.sbc, calls=1, timeout=20, port=5070, extra=["-s", NUMBER])
+
+    assert "X-Centralita-Reason: channels_exceeded" in world.messages(refused)
+    assert held.wait(40).ok, "calls up before the restart are still bridged and hung up normally"
+    cdrs = world.cdrs(customer, expect=3)
+    answered = [c for c in cdrs if c["disposition"] == "answered"]
+    assert len(answered) == 2, cdrs
+    assert all(11500 <= int(c["billable_ms"]) <= 13500 for c in answered), answered
