@@ -1,7 +1,5 @@
 """The typed settings loader every agent uses (centralita.config)."""
 
-
-
 from __future__ import annotations
 
 import dataclasses

@@ -1,5 +1,4 @@
 """Finding migration files: naming, ordering, duplicates and the shipped set."""
-# ruff: noqa: S106 - literal passwords of settings under test
 
 from __future__ import annotations
 

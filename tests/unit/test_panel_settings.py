@@ -1,5 +1,4 @@
 """Panel settings, the operator's 'today', and what the app does before it touches the database."""
-# ruff: noqa: S106 - literal passwords of settings under test
 
 from __future__ import annotations
 
