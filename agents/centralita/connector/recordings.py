@@ -1,8 +1,10 @@
 """Upload finished call recordings, linked to their CDR by UniqueID.
 
 watchdog reports file activity from its own thread; the event loop is told with
-``call_soon_threadsafe`` and decides when a file is finished (size and mtime
-unchanged for RECORDING_STABILIZATION_TIME). Each file's state lives in the
+``call_soon_threadsafe`` and decides when a file is finished: size and mtime
+unchanged for RECORDING_STABILIZATION_TIME and, for a file named after a call's
+UniqueID, that call's CDR in the spool (Asterisk raises it at hangup), waiting at
+most RECORDING_CDR_WAIT for it. Each file's state lives in the
 spool database, so a restart resumes: pending and failed uploads are retried,
 and an uploaded file is never uploaded again. A file is deleted (when
 RECORDING_DELETE_AFTER_UPLOAD is on) only after the API confirmed it and that
@@ -277,8 +279,21 @@ class RecordingWatcher:
                 if (stat.st_size, stat.st_mtime) != (size, mtime):
                     self._watching[path] = (stat.st_size, stat.st_mtime, now)
                 elif now - since >= self.settings.recording_stabilization_time:
+                    if now - since < self.settings.recording_cdr_wait and await self._call_still_up(path):
+                        continue
                     self._watching.pop(path, None)
                     await self._ready.put(path)
+
+    async def _call_still_up(self, path: Path) -> bool:
+        """A file named after a call whose CDR has not arrived yet belongs to a call still up.
+
+        MixMonitor writes in bursts, so a live call's file can sit unchanged for longer
+        than the stabilisation time; Asterisk raises the CDR only at hangup, which makes
+        it the reliable "finished" signal. RECORDING_CDR_WAIT bounds the wait for files
+        whose CDR never comes (CDRs disabled, a name that only looks like a UniqueID).
+        """
+        uniqueid = uniqueid_from_name(path.name)
+        return uniqueid is not None and await self.spool.linkedid_of(uniqueid) is None
 
     async def _upload_loop(self) -> None:
         while True:

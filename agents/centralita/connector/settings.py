@@ -69,6 +69,9 @@ class ConnectorSettings:
     recording_exclude_patterns: list[str] = setting("RECORDING_EXCLUDE_PATTERNS", default=[])
     recording_min_duration: float = setting("RECORDING_MIN_DURATION", default=0.0, minimum=0)
     recording_max_age_hours: float = setting("RECORDING_MAX_AGE_HOURS", default=24.0, minimum=0)
+    recording_cdr_wait: float = setting(
+        "RECORDING_CDR_WAIT", default=60.0, minimum=0, help="seconds a stable file waits for its call's CDR"
+    )
     # Centralita: the HTTP API
     cdr_api_enabled: bool = setting("CDR_API_ENABLED", default=True)
     cdr_api_base_url: str = setting("CDR_API_BASE_URL", default="", check=_optional_url)

@@ -93,6 +93,7 @@ class Rig:
             "RECORDING_WATCHER_ENABLED": "true",
             "RECORDING_WATCH_PATHS": str(self.watch),
             "RECORDING_STABILIZATION_TIME": "0.4",
+            "RECORDING_CDR_WAIT": "0",
             "RECORDING_MIN_FILE_SIZE": "1024",
         }
         settings_env.update(env)
@@ -207,6 +208,43 @@ def test_finished_recording_is_uploaded_once_linked_to_its_cdr(tmp_path, api, se
     assert upload["size"] == path.stat().st_size
     assert float(upload["duration"]) == pytest.approx(2.0, abs=0.01)
     assert path.exists()  # RECORDING_DELETE_AFTER_UPLOAD is off by default
+
+
+def test_stable_recording_of_a_call_still_up_waits_for_the_calls_cdr(tmp_path, api, settings_factory):
+    async def scenario():
+        rig = Rig(tmp_path, api, settings_factory, RECORDING_CDR_WAIT="30")
+        await rig.start()
+        try:
+            waiting = sox_audio(rig.watch / "1763812345.90.wav", 2.0)
+            orphan = sox_audio(rig.watch / "monitor-no-call.wav", 2.0)  # no UniqueID in the name: no CDR to wait for
+            await rig.wait_status(orphan, UPLOADED)
+            await asyncio.sleep(1.5)  # stable for well over RECORDING_STABILIZATION_TIME
+            before_cdr = await rig.status(waiting)
+            cdr = record_from_fields(sample_cdr(90, uniqueid="1763812345.90", linkedid="1763812345.89"), ZONE)
+            await rig.spool.add([(cdr, None)], "ami")  # the call hung up
+            await rig.wait_status(waiting, UPLOADED)
+            return before_cdr, [u["linkedid"] for u in uploads(api) if u["recording_id"] == "1763812345.90"]
+        finally:
+            await rig.stop()
+
+    before_cdr, linked = asyncio.run(scenario())
+    assert before_cdr is None
+    assert linked == ["1763812345.89"]
+
+
+def test_recording_whose_cdr_never_comes_is_uploaded_after_the_wait(tmp_path, api, settings_factory):
+    async def scenario():
+        rig = Rig(tmp_path, api, settings_factory, RECORDING_CDR_WAIT="1.5")
+        await rig.start()
+        try:
+            path = sox_audio(rig.watch / "1763812345.91.wav", 2.0)
+            started = time.monotonic()
+            await rig.wait_status(path, UPLOADED)
+            return time.monotonic() - started
+        finally:
+            await rig.stop()
+
+    assert asyncio.run(scenario()) >= 1.4
 
 
 def test_recording_is_uploaded_only_after_it_stops_growing(tmp_path, api, settings_factory):
