@@ -5,7 +5,13 @@ value a string, ids as ``*1``, kebab-case keys, query-string filters on equality
 basic auth, ``{"error": 401, "message": "Unauthorized"}`` style errors, and ``POST
 /rest/ping`` answering one object per echo after about a second each, as a router
 does. ``POST /api/<operation>`` plays the operator's own HTTP API (``MIKROTIK_API_URL``)
-by asking this same router over REST. Per-path delays simulate a slow router.
+by asking this same router over REST. Per-path delays simulate a slow router and
+per-path failures a broken one.
+
+Run as a service, it is steered over its own paths (loopback only, no auth, as the
+other stand-ins): ``GET /_stand-in/state`` gives the delays, failures and the latest
+requests; ``POST /_stand-in/behaviour`` with ``{"delays": {"api/ping": 15},
+"failures": {"api/find_customer": 503}}`` replaces both (paths as in ``delays``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 log = logging.getLogger("centralita.fakes.mikrotik")
+
+CONTROL_PREFIX = "/_stand-in/"
+MAX_REQUESTS_KEPT = 1000
 
 
 def demo_network() -> dict[str, list[dict[str, str]]]:
@@ -70,6 +79,7 @@ class FakeMikrotik:
     port: int = 0
     tables: dict[str, list[dict[str, str]]] = field(default_factory=demo_network)
     delays: dict[str, float] = field(default_factory=dict)  # path ("ping", "ppp/secret", "api/...") -> seconds
+    failures: dict[str, int] = field(default_factory=dict)  # path -> HTTP status answered instead
     echo_interval: float = 1.0  # a router sends one echo per second
     requests: list[tuple[str, str]] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
@@ -155,20 +165,61 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         return json.loads(raw) if raw else {}
 
-    def _delay(self, path: str) -> None:
+    def _delay(self, path: str) -> bool:
+        """Wait as configured for ``path``; False (after answering the configured error) when it must fail."""
         if path in self.router.delays:
             time.sleep(self.router.delays[path])
+        status = self.router.failures.get(path)
+        if status is not None:
+            self._error(status, "Internal Server Error" if status >= 500 else "Bad Request", "failure set by the test")
+            return False
+        return True
+
+    def _note(self, method: str) -> None:
+        self.router.requests.append((method, self.path))
+        del self.router.requests[:-MAX_REQUESTS_KEPT]
+
+    def _control(self, method: str, action: str) -> None:
+        if action == "state" and method == "GET":
+            state = {
+                "delays": self.router.delays,
+                "failures": self.router.failures,
+                "requests": [list(r) for r in self.router.requests[-100:]],
+            }
+            self._reply(200, state)
+            return
+        if action == "behaviour" and method == "POST":
+            try:
+                body = self._body()
+                delays = {str(k): float(v) for k, v in (body.get("delays") or {}).items()}
+                failures = {str(k): int(v) for k, v in (body.get("failures") or {}).items()}
+            except (ValueError, TypeError, AttributeError) as exc:
+                expected = "expected {'delays': {path: seconds}, 'failures': {path: status}}"
+                self._error(400, "Bad Request", f"{expected}: {exc}")
+                return
+            if any(not 400 <= status <= 599 for status in failures.values()):
+                self._error(400, "Bad Request", "a failure is an HTTP status from 400 to 599")
+                return
+            self.router.delays, self.router.failures = delays, failures
+            log.info("stand-in: delays %s, failures %s", delays, failures)
+            self._reply(200, {"delays": delays, "failures": failures})
+            return
+        self._error(404, "Not Found", f"no control path {method} {action}")
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
-        self.router.requests.append(("GET", self.path))
+        if parts.path.startswith(CONTROL_PREFIX):
+            self._control("GET", parts.path[len(CONTROL_PREFIX) :].strip("/"))
+            return
+        self._note("GET")
         if not parts.path.startswith("/rest/"):
             self._error(404, "Not Found")
             return
         if not self._authorised():
             return
         path = parts.path[len("/rest/") :].strip("/")
-        self._delay(path)
+        if not self._delay(path):
+            return
         table_name, _, item_id = path.partition("/*")
         table = self.router.tables.get(table_name)
         if table is None:
@@ -187,7 +238,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         parts = urlsplit(self.path)
-        self.router.requests.append(("POST", self.path))
+        if parts.path.startswith(CONTROL_PREFIX):
+            self._control("POST", parts.path[len(CONTROL_PREFIX) :].strip("/"))
+            return
+        self._note("POST")
         try:
             body = self._body()
         except ValueError:
@@ -201,7 +255,8 @@ class _Handler(BaseHTTPRequestHandler):
         if parts.path.rstrip("/") != "/rest/ping":
             self._error(404, "Not Found")
             return
-        self._delay("ping")
+        if not self._delay("ping"):
+            return
         address = body.get("address")
         if not address:
             self._error(400, "Bad Request", "missing value(s) of argument(s) address")
@@ -217,7 +272,8 @@ class _Handler(BaseHTTPRequestHandler):
         from centralita.aicall.tools.base import ToolError
         from centralita.aicall.tools.mikrotik import Router, RouterOsBackend
 
-        self._delay("api/" + operation)
+        if not self._delay("api/" + operation):
+            return
         backend = RouterOsBackend([Router("core", self.router.url, self.router.user, self.router.password)])
         calls = {
             "find_customer": lambda: backend.find_customer(body.get("phone"), body.get("ip"), body.get("pppoe_user")),

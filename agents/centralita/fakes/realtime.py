@@ -6,6 +6,16 @@ when that package is installed), server-side voice detection over the G.711 audi
 receives, scripted replies spoken as audio, function calls, ``response.done`` with
 usage, truncation, cancellation, errors and protocol pings. The model's intelligence
 is replaced by a script; the protocol is not simplified.
+
+Run as a service (lab, offline demo), it is steered over its own HTTP paths, GET
+only because a websocket server parses nothing else, with the same bearer key as
+the API when one is set:
+
+- ``GET /_stand-in/state``: the script in force and a summary of every recent
+  connection (audio received, pongs, truncations, tool outputs, errors, close code);
+- ``GET /_stand-in/script?set=<JSON>``: the script for sessions opened from now on
+  (a bad script is refused with 400 and the reason); ``GET /_stand-in/script`` reads it;
+- ``GET /_stand-in/reset``: forget the connection summaries.
 """
 
 from __future__ import annotations
@@ -21,8 +31,9 @@ import os
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -38,6 +49,8 @@ log = logging.getLogger("centralita.fakes.realtime")
 FORMAT_LAWS = {"audio/pcmu": "ulaw", "audio/pcma": "alaw"}
 SPEECH_RMS = 600.0  # linear level above which a 20 ms frame counts as speech
 AUDIO_CHUNK_MS = 100  # the real service sends replies in chunks, faster than real time
+CONTROL_PREFIX = "/_stand-in/"
+MAX_CONNECTION_LOGS = 200  # a long-running stand-in keeps the summaries of the latest connections only
 
 
 @dataclass
@@ -64,13 +77,24 @@ class Script:
     resume: str = "Disculpe, se cortó un instante. Sigo con usted."  # a reply to response.create with instructions
     resume_ms: int = 1000
     drop_after_turns: int | None = None  # close the socket abruptly once, after this many turns
+    refuse_after_drop: bool = False  # after that drop, refuse new sessions (503) as during an outage
+    refuse: bool = False  # refuse every new session (503): the model cannot be reached
     send_rate: float = 4.0  # reply audio is sent this many times faster than real time
     think_ms: int = 0  # delay before a reply's first audio, as a model's thinking time
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Script:
-        turns = [Turn(**t) for t in data.pop("turns", [])]
-        return cls(turns=turns, **data)
+        """A script from its JSON form; unknown fields or wrong shapes raise ValueError naming them."""
+        if not isinstance(data, dict):
+            raise ValueError("a script is a JSON object")
+        data = dict(data)
+        turns = data.pop("turns", [])
+        if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+            raise ValueError("turns must be a list of objects")
+        try:
+            return cls(turns=[Turn(**t) for t in turns], **data)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from exc
 
 
 @contextlib.contextmanager
@@ -161,9 +185,30 @@ class ConnectionLog:
     function_outputs: list[tuple[str, str]] = field(default_factory=list)
     close_code: int | None = None
     session: dict[str, Any] = field(default_factory=dict)
+    opened_at: float = field(default_factory=time.time)
+    closed_at: float | None = None
 
     def received_types(self) -> list[str]:
         return [e.get("type", "") for e in self.received]
+
+    def summary(self) -> dict[str, Any]:
+        """What a test outside this process needs to judge the connection (JSON-ready)."""
+        return {
+            "path": self.path,
+            "opened_at": self.opened_at,
+            "closed_at": self.closed_at,
+            "close_code": self.close_code,
+            "received": dict(Counter(self.received_types())),
+            "sent": dict(Counter(self.sent_types)),
+            "invalid": list(self.invalid),
+            "errors": [e.get("code") for e in self.errors],
+            "pongs": len(self.pongs_ms),
+            "max_pong_ms": round(max(self.pongs_ms), 2) if self.pongs_ms else None,
+            "missed_pongs": self.missed_pongs,
+            "audio_in_ms": self.audio_in_ms,
+            "truncations": [list(t) for t in self.truncations],
+            "function_outputs": [list(o) for o in self.function_outputs],
+        }
 
 
 class FakeRealtime:
@@ -231,26 +276,67 @@ class FakeRealtime:
     def new_id(self, prefix: str) -> str:
         return f"{prefix}_{next(self._ids):06d}"
 
+    def set_script(self, script: Script) -> None:
+        """Sessions opened from now on follow ``script`` (open ones keep theirs); the one drop is re-armed."""
+        self.script = script
+        self._dropped = False
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "script": asdict(self.script),
+            "dropped": self._dropped,
+            "connections": [c.summary() for c in self.connections],
+        }
+
+    def _control(self, request: Request, action: str, query: dict[str, list[str]]) -> Response:
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return self._json_error(401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided.")
+        if action == "state":
+            return self._json(200, self.state())
+        if action == "script":
+            if "set" not in query:
+                return self._json(200, {"script": asdict(self.script)})
+            try:
+                script = Script.from_json(json.loads(query["set"][0]))
+            except ValueError as exc:
+                return self._json_error(400, "invalid_request_error", "invalid_script", f"bad script: {exc}")
+            self.set_script(script)
+            log.info("stand-in: new script with %d turns", len(script.turns))
+            return self._json(200, {"script": asdict(script)})
+        if action == "reset":
+            self.connections.clear()
+            return self._json(200, {"connections": 0})
+        return self._json_error(404, "invalid_request_error", "unknown_path", f"no control path {action!r}")
+
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)
+        if parts.path.startswith(CONTROL_PREFIX):
+            return self._control(request, parts.path[len(CONTROL_PREFIX) :].strip("/"), parse_qs(parts.query))
         if parts.path != "/v1/realtime":
             return connection.respond(http.HTTPStatus.NOT_FOUND, "unknown path\n")
         if not parse_qs(parts.query).get("model"):
             return self._json_error(400, "invalid_request_error", "missing_model", "model is required")
         if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return self._json_error(401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided.")
+        if self.script.refuse or (self.script.refuse_after_drop and self._dropped):
+            return self._json_error(503, "server_error", "service_unavailable", "The server is overloaded.")
         return None
 
     @staticmethod
-    def _json_error(status: int, kind: str, code: str, message: str) -> Response:
-        body = json.dumps({"error": {"message": message, "type": kind, "code": code, "param": None}}).encode()
+    def _json(status: int, data: Any) -> Response:
+        body = json.dumps(data).encode()
         headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return Response(status, http.HTTPStatus(status).phrase, headers, body)
+
+    @classmethod
+    def _json_error(cls, status: int, kind: str, code: str, message: str) -> Response:
+        return cls._json(status, {"error": {"message": message, "type": kind, "code": code, "param": None}})
 
     async def _handle(self, ws: ServerConnection) -> None:
         request = ws.request
         record = ConnectionLog(request.path if request else "", dict(request.headers.raw_items()) if request else {})
         self.connections.append(record)
+        del self.connections[:-MAX_CONNECTION_LOGS]
         conn = _Connection(self, ws, record)
         await conn.run()
 
@@ -344,6 +430,7 @@ class _Connection:
                 if task is not None:
                     task.cancel()
             self.log.close_code = self.ws.close_code
+            self.log.closed_at = time.time()
 
     async def _ping_loop(self) -> None:
         """Protocol pings as the real service sends them; a missed pong closes with 1011."""

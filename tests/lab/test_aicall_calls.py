@@ -1,0 +1,409 @@
+"""AI inbound calls through the real Asterisk of the lab VM, heard from a SIP caller.
+
+The "provider" peer (the trunk's address) calls the DID with SIPp; the caller's RTP
+is sent and measured by ``centralita.aicall.labcall`` (espeak-ng speech as G.711,
+arrivals timed by the kernel). The deployed agent (centralita-aicall) answers through
+ARI and talks to the Realtime stand-in on the VM, whose script each test sets over the
+stand-in's control path; the MikroTik stand-in is made slow or broken the same way.
+After every call the test checks what the caller heard, what the stand-in saw, the
+call's record in MariaDB, and through ARI that no channel or bridge was left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shlex
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from centralita.aicall.labcall import CallPlan, CallResult, Utterance, place_call, stand_in_request, wait_for_record
+
+DID = "3241000752"  # inventory/lab: asterisk_trunk.dids
+PBX_PORT = 5080  # inventory/lab: asterisk_sip_port
+MIKROTIK_CONTROL = "http://127.0.0.1:8766/_stand-in/behaviour"
+AICALL_ENV = "/etc/centralita/aicall.env"
+SERVICES = "asterisk centralita-aicall centralita-fake-realtime centralita-fake-mikrotik mariadb"
+MAX_GAP_MS = 60.0  # issue 5: RTP toward the caller never stops for longer than this
+MAX_DEAD_AIR_S = 3.0  # issue 5: never more than 3 s without sound while the caller waits
+
+
+def _vm_python(vm_exec, code: str, *args: str, timeout: float = 30) -> str:
+    argv = " ".join(shlex.quote(a) for a in args)
+    return vm_exec(f"python3 -c {shlex.quote(code)} {argv}", timeout=timeout)
+
+
+_ARI = """
+import base64, json, sys, urllib.request
+env = {}
+for line in open(sys.argv[1]):
+    key, sep, value = line.strip().partition('=')
+    if sep:
+        env[key] = value.strip('"')
+token = base64.b64encode((env['AICALL_ARI_USER'] + ':' + env['AICALL_ARI_PASSWORD']).encode()).decode()
+found = {}
+for what in ('channels', 'bridges'):
+    req = urllib.request.Request(env.get('AICALL_ARI_URL', 'http://127.0.0.1:8088').rstrip('/') + '/ari/' + what)
+    req.add_header('Authorization', 'Basic ' + token)
+    listed = json.load(urllib.request.urlopen(req, timeout=10))
+    found[what] = [{'id': o['id'], 'name': o.get('name', '')} for o in listed]
+print(json.dumps(found))
+"""
+
+_MIKROTIK = """
+import json, sys, urllib.request
+req = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), headers={'Content-Type': 'application/json'})
+print(urllib.request.urlopen(req, timeout=10).read().decode())
+"""
+
+
+class AiLine:
+    """The AI line of the lab as one test drives it."""
+
+    def __init__(self, lab, vm_exec) -> None:
+        self.lab = lab
+        self.vm_exec = vm_exec
+
+    def script(self, **fields: Any) -> None:
+        """The Realtime stand-in's script for the calls placed from now on."""
+        answer = stand_in_request(self.lab.lab, self.lab.vm, "/_stand-in/script?set=" + quote(json.dumps(fields)))
+        assert answer is not None and "script" in answer, f"the stand-in refused the script: {answer}"
+
+    def router(self, delays: dict[str, float] | None = None, failures: dict[str, int] | None = None) -> None:
+        body = json.dumps({"delays": delays or {}, "failures": failures or {}})
+        json.loads(_vm_python(self.vm_exec, _MIKROTIK, MIKROTIK_CONTROL, body))
+
+    def call(self, utterances: list[Utterance], hangup_after: float) -> tuple[CallResult, str, float]:
+        caller = "57" + "".join(random.choice("0123456789") for _ in range(8))
+        plan = CallPlan(
+            target=self.lab.address, port=PBX_PORT, did=DID, caller=caller, utterances=utterances,
+            hangup_after=hangup_after,
+        )  # fmt: skip
+        since = time.time()
+        result = place_call(self.lab.lab, plan, "provider")
+        assert result.answered, f"not answered (SIP {result.final_status}):\n{result.sip_trace[-3000:]}"
+        return result, caller, since
+
+    def record(self, caller: str, since: float) -> dict[str, Any]:
+        record = wait_for_record(self.lab.lab, self.lab.vm, caller, since, timeout=30)
+        assert record is not None, f"no finished aicall_calls row for caller {caller}"
+        return record
+
+    def connections(self, since: float) -> list[dict[str, Any]]:
+        """The stand-in's summaries of the model sessions opened since ``since``."""
+        state = stand_in_request(self.lab.lab, self.lab.vm, "/_stand-in/state")
+        assert state is not None, "the Realtime stand-in's control path did not answer"
+        return [c for c in state["connections"] if c["opened_at"] >= since - 1]
+
+    def leftovers(self, timeout: float = 15) -> dict[str, list]:
+        """Channels and bridges ARI still lists (polled until none or ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = json.loads(_vm_python(self.vm_exec, _ARI, AICALL_ENV))
+            if (not found["channels"] and not found["bridges"]) or time.monotonic() > deadline:
+                return found
+            time.sleep(0.5)
+
+    def assert_clean(self) -> None:
+        assert self.leftovers() == {"channels": [], "bridges": []}, "channels or bridges left in Asterisk"
+
+    def reset(self) -> None:
+        self.script()
+        self.router()
+
+
+@pytest.fixture
+def line(lab, vm_exec, add_peer) -> Iterator[AiLine]:
+    states = vm_exec(f"systemctl is-active {SERVICES}", check=False).split()
+    if states != ["active"] * len(SERVICES.split()):
+        pytest.fail(f"{SERVICES} are {states}: converge the lab first", pytrace=False)
+    address = add_peer("provider")
+    trunk = lab.address.rsplit(".", 1)[0] + ".100"
+    if address != trunk:
+        pytest.fail(f"the provider peer got {address}, but the trunk is identified by {trunk}", pytrace=False)
+    ai = AiLine(lab, vm_exec)
+    ai.reset()
+    try:
+        yield ai
+    finally:
+        ai.reset()
+
+
+def texts(record: dict[str, Any], role: str) -> list[str]:
+    return [row["text"] for row in record["transcript"] if row["role"] == role and row["progress"] != "1"]
+
+
+def longest_silence(result: CallResult, start: float, end: float) -> float:
+    """The longest stretch inside [start, end] without sound heard by the caller."""
+    edges = [start]
+    for s, e in result.windows:
+        if e > start and s < end:
+            edges += [max(s, start), min(e, end)]
+    edges.append(end)
+    return max(edges[i + 1] - edges[i] for i in range(0, len(edges), 2))
+
+
+# -- the call's media and records ----------------------------------------------------------
+
+
+def test_the_callers_speech_reaches_the_model_and_the_reply_reaches_the_caller(line: AiLine, vm_exec) -> None:
+    line.script(
+        greeting="Hola, soy el asistente virtual.",
+        greeting_ms=2000,
+        turns=[{"transcript": "Quiero saber el estado de mi servicio", "reply": "Su servicio está activo.",
+                "reply_ms": 2500}],
+    )  # fmt: skip
+    result, caller, since = line.call([Utterance(3.0, "Quiero saber el estado de mi servicio")], hangup_after=11)
+    spoken_end = result.speech[0][1]
+
+    assert result.ended_by == "caller"
+    assert result.payload_types == [0], "G.711 µ-law end to end"
+    assert result.heard_between(0, 3.0) >= 1.5, f"greeting not heard: {result.windows}"
+    assert result.heard_between(spoken_end, 11) >= 2.0, f"reply not heard: {result.windows}"
+
+    (conn,) = line.connections(since)
+    assert conn["audio_in_ms"] >= 8000, "the caller's RTP stream reached the model"
+    assert conn["invalid"] == [] and conn["errors"] == []
+    assert conn["close_code"] == 1000
+
+    record = line.record(caller, since)
+    assert record["did"] == DID and record["media"] == "rtp"
+    assert record["end_reason"] == "caller_hangup"
+    # the stand-in transcribes only an utterance its voice detection heard in the audio
+    assert texts(record, "caller") == ["Quiero saber el estado de mi servicio"]
+    assert texts(record, "assistant") == ["Hola, soy el asistente virtual.", "Su servicio está activo."]
+    assert record["turns"] and record["turns"][0]["latency_ms"] is not None
+    assert int(record["total_tokens"]) > 0
+    assert record["recording_path"] and record["recording_path"].endswith(".wav")
+    vm_exec(f"test -s {shlex.quote(record['recording_path'])}")
+    line.assert_clean()
+
+
+def test_a_25_second_tool_call_keeps_rtp_and_the_keepalive_flowing(line: AiLine) -> None:
+    # ping_customer: 10 echoes at one a second, after 15 s of a slow router: 25 s in all
+    line.router(delays={"api/ping": 15})
+    line.script(
+        greeting="Hola.",
+        greeting_ms=1000,
+        turns=[{"transcript": "Mi equipo responde", "tool": "ping_customer",
+                "arguments": {"pppoe_user": "ana.gomez", "count": 10},
+                "after_tool": "Su equipo responde bien.", "after_tool_ms": 2000}],
+    )  # fmt: skip
+    result, caller, since = line.call([Utterance(2.0, "Mi equipo responde")], hangup_after=36)
+    spoken_end = result.speech[0][1]
+
+    record = line.record(caller, since)
+    (tool,) = record["tools"]
+    assert tool["name"] == "ping_customer" and tool["outcome"] == "ok"
+    assert int(tool["duration_ms"]) >= 24000
+    waited_until = spoken_end + int(tool["duration_ms"]) / 1000
+
+    worst = result.worst_gap_between(spoken_end, 35.5)
+    assert worst <= MAX_GAP_MS, f"RTP toward the caller stopped for {worst} ms: {result.gaps}"
+    assert result.packets_received >= 45 * (result.duration - 1)
+    silence = longest_silence(result, spoken_end + 1, waited_until)
+    assert silence < MAX_DEAD_AIR_S, f"{silence:.1f} s of dead air while the tool ran: {result.windows}"
+    assert result.heard_between(waited_until, 36) >= 1.5, "the answer after the tool was heard"
+    assert [r for r in record["transcript"] if r["progress"] == "1"], "the progress phrase was spoken"
+    assert "Su equipo responde bien." in texts(record, "assistant")
+
+    (conn,) = line.connections(since)
+    assert conn["pongs"] >= 4 and conn["missed_pongs"] == 0, "the keepalive pings were answered"
+    assert conn["close_code"] == 1000 and conn["errors"] == []
+    assert record["end_reason"] == "caller_hangup"
+    line.assert_clean()
+
+
+def test_the_caller_speaking_over_the_assistant_cuts_the_reply_at_what_was_heard(line: AiLine) -> None:
+    line.script(
+        greeting="Bienvenido al soporte técnico, le cuento todas las opciones que tenemos disponibles hoy.",
+        greeting_ms=8000,
+        turns=[{"transcript": "Perdone una pregunta", "reply": "Dígame.", "reply_ms": 1500}],
+    )
+    result, caller, since = line.call([Utterance(3.0, "Perdone una pregunta")], hangup_after=9)
+    started, spoken_end = result.speech[0]
+
+    heard_before = result.heard_between(0, started + 0.5)
+    assert heard_before >= 2.5, f"the greeting played until the caller spoke: {result.windows}"
+    assert result.heard_between(started + 0.5, spoken_end) < 0.2, f"the greeting went on: {result.windows}"
+    assert result.heard_between(spoken_end, 9) >= 1.0, "the answer to the interruption was heard"
+
+    (conn,) = line.connections(since)
+    ((_, played_ms),) = conn["truncations"]
+    assert abs(played_ms / 1000 - heard_before) < 0.5, f"model told {played_ms} ms, caller heard {heard_before} s"
+    record = line.record(caller, since)
+    interrupted = [t for t in record["turns"] if t["interrupted"] == "1"]
+    assert interrupted and int(interrupted[0]["played_ms"]) == played_ms
+    line.assert_clean()
+
+
+def test_transfer_to_human_says_goodbye_then_moves_the_caller_to_the_transfer_extension(line: AiLine) -> None:
+    line.script(
+        greeting="Hola.",
+        greeting_ms=1000,
+        turns=[{"transcript": "Quiero hablar con una persona", "tool": "transfer_to_human",
+                "arguments": {"reason": "pide un agente"}, "after_tool": "Le paso con un agente.",
+                "after_tool_ms": 2000}],
+    )  # fmt: skip
+    result, caller, since = line.call([Utterance(2.0, "Quiero hablar con una persona")], hangup_after=30)
+    spoken_end = result.speech[0][1]
+
+    # the lab has no human team: the transfer extension says "no service" and Asterisk hangs up
+    assert result.ended_by == "remote"
+    assert result.heard_between(spoken_end, result.duration) >= 3.0, "farewell and transfer prompt heard"
+    record = line.record(caller, since)
+    assert record["end_reason"] == "transferred" and record["transferred_to"] == "human"
+    assert [t["name"] for t in record["tools"]] == ["transfer_to_human"]
+    assert "Le paso con un agente." in texts(record, "assistant")
+    line.assert_clean()
+
+
+# -- failure paths ------------------------------------------------------------------------
+
+
+def test_the_caller_hanging_up_mid_reply_ends_the_session_and_leaves_nothing_behind(line: AiLine) -> None:
+    line.script(greeting="Hola, este saludo es largo para colgar a mitad.", greeting_ms=6000)
+    result, caller, since = line.call([], hangup_after=2.5)
+
+    assert result.ended_by == "caller" and result.heard_between(0, 2.5) >= 1.0
+    record = line.record(caller, since)
+    assert record["end_reason"] == "caller_hangup"
+    line.assert_clean()
+    (conn,) = line.connections(since)
+    assert conn["closed_at"] is not None and conn["close_code"] == 1000, "the model session was closed"
+
+
+def test_the_model_ending_the_call_hangs_up_after_its_goodbye(line: AiLine) -> None:
+    line.script(
+        greeting="Hola.",
+        greeting_ms=1000,
+        turns=[{"transcript": "Eso es todo gracias", "tool": "end_call", "arguments": {"reason": "resuelto"},
+                "after_tool": "Hasta luego.", "after_tool_ms": 1500}],
+    )  # fmt: skip
+    result, caller, since = line.call([Utterance(2.0, "Eso es todo gracias")], hangup_after=25)
+    spoken_end = result.speech[0][1]
+
+    assert result.ended_by == "remote", "the PBX hung up, not the caller"
+    assert result.heard_between(spoken_end, result.duration) >= 1.3, "the goodbye was played to the end"
+    record = line.record(caller, since)
+    assert record["end_reason"] == "assistant_hangup"
+    assert [t["name"] for t in record["tools"]] == ["end_call"]
+    line.assert_clean()
+
+
+def test_a_failing_and_a_slow_tool_are_reported_to_the_model_and_the_call_goes_on(line: AiLine) -> None:
+    line.router(delays={"api/customer_status": 12}, failures={"api/find_customer": 503})
+    line.script(
+        greeting="Hola.",
+        greeting_ms=1000,
+        turns=[
+            {"transcript": "Busque mi servicio", "tool": "find_customer", "arguments": {"phone": "3001234567"},
+             "after_tool": "No pude consultar el sistema.", "after_tool_ms": 1500},
+            {"transcript": "Revise mi conexion", "tool": "customer_status", "arguments": {"pppoe_user": "ana.gomez"},
+             "after_tool": "La consulta tardó demasiado.", "after_tool_ms": 1500},
+        ],
+    )  # fmt: skip
+    result, caller, since = line.call(
+        [Utterance(2.0, "Busque mi servicio"), Utterance(7.5, "Revise mi conexion")], hangup_after=24
+    )
+    second_end = result.speech[1][1]
+
+    record = line.record(caller, since)
+    outcomes = [(t["name"], t["outcome"]) for t in record["tools"]]
+    assert outcomes == [("find_customer", "error"), ("customer_status", "timeout")]
+    assert int(record["tools"][1]["duration_ms"]) >= 9500
+    (conn,) = line.connections(since)
+    assert [json.loads(output).keys() for _, output in conn["function_outputs"]] == [{"error"}, {"error"}]
+    assert texts(record, "assistant")[-2:] == ["No pude consultar el sistema.", "La consulta tardó demasiado."]
+    assert result.heard_between(second_end + 10.5, 24) >= 1.0, "the answer after the timeout was heard"
+    assert record["end_reason"] == "caller_hangup"
+    line.assert_clean()
+
+
+def test_a_dropped_model_socket_is_restored_and_the_conversation_goes_on(line: AiLine) -> None:
+    line.script(
+        greeting="Hola.",
+        greeting_ms=1000,
+        drop_after_turns=1,
+        turns=[{"transcript": "Hola", "reply": "No se oye."},
+               {"transcript": "Sigue ahi", "reply": "Sí, sigo aquí.", "reply_ms": 1500}],
+    )  # fmt: skip
+    result, caller, since = line.call([Utterance(2.0, "Hola"), Utterance(8.0, "Sigue ahi")], hangup_after=14)
+    first_end, (second_start, second_end) = result.speech[0][1], result.speech[1]
+
+    first, second = line.connections(since)
+    assert first["close_code"] != 1000, "the stand-in cut the first session"
+    assert second["received"].get("conversation.item.create", 0) >= 2, "the conversation was replayed"
+    assert result.heard_between(first_end, second_start) >= 0.8, "the assistant apologised and went on"
+    assert result.heard_between(second_end, 14) >= 1.0, "the next turn was answered"
+    worst = result.worst_gap_between(first_end, second_start)
+    assert worst <= MAX_GAP_MS, f"RTP toward the caller stopped for {worst} ms during the reconnection"
+    record = line.record(caller, since)
+    assert int(record["reconnects"]) == 1 and record["end_reason"] == "caller_hangup"
+    assert "Sí, sigo aquí." in texts(record, "assistant")
+    line.assert_clean()
+
+
+def test_a_model_socket_that_cannot_be_restored_ends_in_an_apology_and_a_transfer(line: AiLine) -> None:
+    line.script(
+        greeting="Hola.",
+        greeting_ms=1000,
+        drop_after_turns=1,
+        refuse_after_drop=True,
+        turns=[{"transcript": "Hola", "reply": "No se oye."}],
+    )
+    result, caller, since = line.call([Utterance(2.0, "Hola")], hangup_after=30)
+    spoken_end = result.speech[0][1]
+
+    assert result.ended_by == "remote"
+    assert result.heard_between(spoken_end, result.duration) >= 1.5, "apology and transfer prompt heard"
+    record = line.record(caller, since)
+    assert record["end_reason"] == "model_lost_transferred" and record["transferred_to"] == "human"
+    line.assert_clean()
+
+
+def test_an_asterisk_restart_ends_the_call_cleanly_and_the_next_call_is_answered(line: AiLine, vm_exec) -> None:
+    line.script(greeting="Un saludo muy largo mientras se reinicia la central.", greeting_ms=20000)
+    outcome: dict[str, Any] = {}
+
+    def place() -> None:
+        try:
+            outcome["call"] = line.call([], hangup_after=15)
+        except BaseException as exc:  # reported by the main thread
+            outcome["error"] = exc
+
+    caller_thread = threading.Thread(target=place, daemon=True)
+    caller_thread.start()
+    deadline = time.monotonic() + 20
+    while not line.leftovers(timeout=0)["bridges"]:  # the call is up in the agent's bridge
+        assert time.monotonic() < deadline and caller_thread.is_alive(), f"the call never started: {outcome}"
+        time.sleep(0.3)
+    time.sleep(1.0)
+    vm_exec("systemctl restart asterisk", timeout=120)
+    caller_thread.join(60)
+    assert not caller_thread.is_alive(), "the call did not end after the restart"
+    if "error" in outcome:
+        raise outcome["error"]
+    result, caller, since = outcome["call"]
+    assert result.heard_between(0, 2) >= 1.0
+
+    record = line.record(caller, since)
+    # a stopping Asterisk may hang the channel up before the events socket closes
+    assert record["end_reason"] in ("asterisk_lost", "caller_hangup")
+    (conn,) = line.connections(since)
+    assert conn["closed_at"] is not None, "the model session was closed"
+    line.assert_clean()
+
+    deadline = time.monotonic() + 60
+    while "centralita-ai" not in vm_exec("asterisk -rx 'ari show apps'", check=False):
+        assert time.monotonic() < deadline, "the agent did not register its Stasis app again"
+        time.sleep(1)
+    line.script(greeting="Hola de nuevo.", greeting_ms=1500)
+    again, caller, since = line.call([], hangup_after=4)
+    assert again.heard_between(0, 4) >= 1.0, "the call after the restart was answered by the assistant"
+    assert line.record(caller, since)["end_reason"] == "caller_hangup"
+    line.assert_clean()
