@@ -121,6 +121,8 @@ def test_answered_call_reaches_the_api_and_the_panel_and_its_recording_is_upload
         assert upload["filename"] == f"{uniqueid}.wav" and upload["size"] > 1024
         assert upload["linkedid"] == cdr["linkedid"]
         assert float(upload["duration"]) == pytest.approx(cdr["billsec"], abs=2.5)
+        time.sleep(4)  # longer than RECORDING_STABILIZATION_TIME: a finished recording is not sent again
+        assert len([u for u in api_state(vm_exec)["recordings"] if u["recording_id"] == uniqueid]) == 1
         listed = wait_for(
             "the recording in asterisk_recordings",
             lambda: db_query(
