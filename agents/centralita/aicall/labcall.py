@@ -671,7 +671,7 @@ def stand_in_request(lab: Any, vm: str, path: str) -> dict[str, Any] | None:
         "with open('/etc/centralita/fake-realtime.env') as f:\n"
         "    for line in f:\n"
         "        if line.startswith('OPENAI_API_KEY='):\n"
-        "            key = line.split('=', 1)[1].strip().strip('\"')\n"
+        "            key = line.split('=', 1)[1].strip().strip(chr(34) + chr(39))\n"
         f"req = urllib.request.Request('http://127.0.0.1:{STAND_IN_PORT}' + sys.argv[1])\n"
         "if key: req.add_header('Authorization', 'Bearer ' + key)\n"
         "try:\n"

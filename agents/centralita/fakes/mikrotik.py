@@ -33,6 +33,7 @@ log = logging.getLogger("centralita.fakes.mikrotik")
 
 CONTROL_PREFIX = "/_stand-in/"
 MAX_REQUESTS_KEPT = 1000
+OPERATOR_API_WAIT_S = 120.0
 
 
 def demo_network() -> dict[str, list[dict[str, str]]]:
@@ -274,7 +275,9 @@ class _Handler(BaseHTTPRequestHandler):
 
         if not self._delay("api/" + operation):
             return
-        backend = RouterOsBackend([Router("core", self.router.url, self.router.user, self.router.password)])
+        # as long as a ping of the largest count may take: the operator API waits for the router's answer
+        router = Router("core", self.router.url, self.router.user, self.router.password)
+        backend = RouterOsBackend([router], request_timeout=OPERATOR_API_WAIT_S)
         calls = {
             "find_customer": lambda: backend.find_customer(body.get("phone"), body.get("ip"), body.get("pppoe_user")),
             "customer_status": lambda: backend.customer_status(body.get("pppoe_user", "")),
