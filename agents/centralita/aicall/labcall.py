@@ -755,7 +755,9 @@ def demo_report(result: CallResult, record: dict[str, Any] | None, target: str, 
     tools = record["tools"] or []
     lines.append("  tool calls:" + ("" if tools else " none"))
     for row in tools:
-        lines.append(f"    {row['name']}({row['arguments']}) -> {row['outcome']} in {row['duration_ms']} ms")
+        found = (row.get("result") or "").replace("\n", " ")
+        found = found if len(found) <= 100 else found[:97] + "..."
+        lines.append(f"    {row['name']}({row['arguments']}) -> {row['outcome']} in {row['duration_ms']} ms: {found}")
     return lines
 
 
