@@ -15,7 +15,7 @@ from pathlib import Path
 
 def pack(source: Path) -> bytes:
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
         for wheel in sorted(source.glob("*.whl")):
             info = tarfile.TarInfo(wheel.name)
             info.size = wheel.stat().st_size
