@@ -516,6 +516,7 @@ async def run_call(plan: CallPlan) -> CallResult:
         work = Path(tmp)
         (work / "call.xml").write_text(scenario(plan, local_ip, rtp.address[1]), encoding="utf-8")
         trace = work / "messages.log"
+        errors = (work / "sipp.err").open("wb")
         argv = ["sipp", "-sf", str(work / "call.xml"), "-i", local_ip, "-p", str(plan.sip_port)]
         argv += ["-m", "1", "-r", "1", "-timeout", f"{int(plan.max_seconds)}s", "-timeout_error", "-nostdin"]
         argv += ["-trace_msg", "-message_file", str(trace), "-mp", str(rtp.address[1] + 2)]
@@ -527,7 +528,7 @@ async def run_call(plan: CallPlan) -> CallResult:
                     cwd=work,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.PIPE,
+                    stderr=errors,  # a file: a chatty SIPp must never block on a full pipe
                 )
             except FileNotFoundError as exc:
                 raise LabCallError("sipp is needed to place the call") from exc
@@ -568,8 +569,9 @@ async def run_call(plan: CallPlan) -> CallResult:
             if proc is not None and proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+            errors.close()
         text = trace.read_text(encoding="utf-8", errors="replace") if trace.exists() else ""
-        stderr = (await proc.stderr.read()).decode(errors="replace") if proc and proc.stderr else ""
+        stderr = (work / "sipp.err").read_text(encoding="utf-8", errors="replace")[-4000:]
     messages = sip_messages(text)
     status, _, _ = answer_sdp(messages)
     ended_by = "none"
