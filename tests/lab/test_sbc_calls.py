@@ -318,7 +318,11 @@ def test_invite_timeout_fails_over_marks_the_carrier_down_and_probing_brings_it_
     quiet.stop()
     world.sipp.start("carrier1", "sbc_carrier_options.xml", calls=3, timeout=40)
     assert world.wait_events(carrier=silent, type_="carrier_recovered", timeout=30)
-    assert world.q("SELECT state FROM carriers WHERE id = %s", (silent,))[0]["state"] == "up"
+    # Kamailio writes the event and the carrier's state as two asynchronous queries.
+    deadline = time.monotonic() + 10
+    while world.q("SELECT state FROM carriers WHERE id = %s", (silent,))[0]["state"] != "up":
+        assert time.monotonic() < deadline, "the carrier's state stayed down after carrier_recovered"
+        time.sleep(0.2)
 
 
 def test_blacklisted_source_is_refused_before_anything_else(world):
