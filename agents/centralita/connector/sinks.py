@@ -273,7 +273,38 @@ def db_row(record: CdrRecord) -> tuple[Any, ...]:
     return (*values, HOSTNAME)
 
 
-class MariaDbSink(SpoolSink):
+class _MariaDbWriter:
+    """One lazily opened connection, used from a single executor thread: a batch is
+    written in one transaction, rolled back whole on any error."""
+
+    connect_args: dict[str, Any]
+    _conn: pymysql.connections.Connection | None
+
+    def _db_init(self, connect_args: dict[str, Any]) -> None:
+        self.connect_args = {**connect_args, "autocommit": False, "charset": "utf8mb4", "connect_timeout": 5}
+        self.connect_args.setdefault("read_timeout", 30)
+        self.connect_args.setdefault("write_timeout", 30)
+
+    def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if self._conn is None:
+            self._conn = pymysql.connect(**self.connect_args)
+        try:
+            with self._conn.cursor() as cursor:
+                cursor.executemany(sql, rows)
+            self._conn.commit()
+        except BaseException:
+            with contextlib.suppress(pymysql.err.MySQLError, OSError):
+                self._conn.rollback()
+            raise
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(pymysql.err.MySQLError, OSError):
+                self._conn.close()
+            self._conn = None
+
+
+class MariaDbSink(_MariaDbWriter, SpoolSink):
     """Writes CDRs into ``asterisk_cdrs``, beside the SBC's CDRs in the panel.
 
     INSERT IGNORE on the (uniqueid, sequence) key makes a re-sent batch harmless.
@@ -285,9 +316,7 @@ class MariaDbSink(SpoolSink):
         self, spool: Spool, metrics: ConnectorMetrics, connect_args: dict[str, Any], *, batch_size: int = 500
     ) -> None:
         super().__init__(spool, metrics)
-        self.connect_args = {**connect_args, "autocommit": False, "charset": "utf8mb4", "connect_timeout": 5}
-        self.connect_args.setdefault("read_timeout", 30)
-        self.connect_args.setdefault("write_timeout", 30)
+        self._db_init(connect_args)
         self.batch_size = batch_size
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cdr-mariadb")
         self._conn: pymysql.connections.Connection | None = None
@@ -333,22 +362,7 @@ class MariaDbSink(SpoolSink):
             return
 
     def _insert(self, rows: list[tuple[Any, ...]]) -> None:
-        if self._conn is None:
-            self._conn = pymysql.connect(**self.connect_args)
-        try:
-            with self._conn.cursor() as cursor:
-                cursor.executemany(_INSERT, rows)
-            self._conn.commit()
-        except BaseException:
-            with contextlib.suppress(pymysql.err.MySQLError, OSError):
-                self._conn.rollback()
-            raise
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(pymysql.err.MySQLError, OSError):
-                self._conn.close()
-            self._conn = None
+        self._write(_INSERT, rows)
 
 
 # The panel's recording list --------------------------------------------------------
@@ -390,7 +404,7 @@ def recording_row(state: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-class MariaDbRecordingSink:
+class MariaDbRecordingSink(_MariaDbWriter):
     """Mirrors the recording watcher's state (kept in the spool) into ``asterisk_recordings``.
 
     The spool row is the truth; a row is flagged synced only when MariaDB took the
@@ -402,9 +416,7 @@ class MariaDbRecordingSink:
 
     def __init__(self, spool: Spool, connect_args: dict[str, Any], *, poll_interval: float = 5.0) -> None:
         self.spool = spool
-        self.connect_args = {**connect_args, "autocommit": False, "charset": "utf8mb4", "connect_timeout": 5}
-        self.connect_args.setdefault("read_timeout", 30)
-        self.connect_args.setdefault("write_timeout", 30)
+        self._db_init(connect_args)
         self.poll_interval = poll_interval
         self.wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rec-mariadb")
@@ -440,19 +452,4 @@ class MariaDbRecordingSink:
             self._executor.shutdown(wait=False)
 
     def _upsert(self, rows: list[tuple[Any, ...]]) -> None:
-        if self._conn is None:
-            self._conn = pymysql.connect(**self.connect_args)
-        try:
-            with self._conn.cursor() as cursor:
-                cursor.executemany(_RECORDING_UPSERT, rows)
-            self._conn.commit()
-        except BaseException:
-            with contextlib.suppress(pymysql.err.MySQLError, OSError):
-                self._conn.rollback()
-            raise
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(pymysql.err.MySQLError, OSError):
-                self._conn.close()
-            self._conn = None
+        self._write(_RECORDING_UPSERT, rows)
