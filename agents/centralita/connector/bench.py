@@ -46,6 +46,7 @@ class BenchResult:
     lag_p99: float
     duplicates: int
     cpu_seconds: float
+    offered: float = 0.0  # CDRs per second emitted; 0: one burst
 
     @property
     def lost(self) -> int:
@@ -75,7 +76,7 @@ def _cores() -> tuple[int | None, int | None]:
     return (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
 
 
-def _stand_ins(pipe: Connection, count: int, csv_path: str, cpu: int | None) -> None:
+def _stand_ins(pipe: Connection, count: int, csv_path: str, cpu: int | None, rate: float) -> None:
     _pin(cpu)
     from centralita.fakes.ami_server import FakeAmiServer, sample_cdr
     from centralita.fakes.cdr_api import FakeCdrApi
@@ -97,8 +98,12 @@ def _stand_ins(pipe: Connection, count: int, csv_path: str, cpu: int | None) -> 
                 return  # the parent went away
             pipe.recv()  # go
             started = time.time()
-            chunk = 500
+            # A burst (rate 0) emits everything at once; a paced run emits 10 ms slices at ``rate``.
+            chunk = max(1, int(rate / 100)) if rate else 500
             for first in range(0, count, chunk):
+                if rate:
+                    due = started + first / rate
+                    await asyncio.sleep(max(0.0, due - time.time()))
                 rows = [sample_cdr(n, userfield=f"{time.time():.6f}") for n in range(first, min(count, first + chunk))]
                 ami.emit_many(rows)
                 await asyncio.sleep(0)
@@ -131,7 +136,8 @@ async def _recv(pipe: Connection, timeout: float, what: str) -> object:  # noqa:
     return message
 
 
-def run_bench(count: int = 20000, batch_size: int = 500) -> BenchResult:
+def run_bench(count: int = 20000, batch_size: int = 500, rate: float = 0.0) -> BenchResult:
+    """One run: ``count`` CDRs as a burst (``rate`` 0) or paced at ``rate`` CDRs per second."""
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="connector-bench-") as tmp:
         base = Path(tmp)
@@ -139,7 +145,8 @@ def run_bench(count: int = 20000, batch_size: int = 500) -> BenchResult:
         csv_path.parent.mkdir()
         parent, child = context.Pipe()
         connector_cpu, stand_ins_cpu = _cores()
-        process = context.Process(target=_stand_ins, args=(child, count, str(csv_path), stand_ins_cpu), daemon=True)
+        arguments = (child, count, str(csv_path), stand_ins_cpu, rate)
+        process = context.Process(target=_stand_ins, args=arguments, daemon=True)
         process.start()
         before = os.sched_getaffinity(0) if connector_cpu is not None else None
         _pin(connector_cpu)
@@ -198,17 +205,20 @@ def run_bench(count: int = 20000, batch_size: int = 500) -> BenchResult:
     lags.sort()
     p50 = statistics.median(lags) if lags else 0.0
     p99 = lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else 0.0
-    return BenchResult(count, received, seconds, received / seconds if seconds else 0.0, p50, p99, duplicates, cpu)
+    return BenchResult(
+        count, received, seconds, received / seconds if seconds else 0.0, p50, p99, duplicates, cpu, rate
+    )
 
 
 TABLE_HEADER = (
-    "| CDRs | batch | CDR/s (wall) | CDR per CPU-second | lag p50 | lag p99 | lost | duplicates |\n"
-    "|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| CDRs | offered | batch | CDR/s (wall) | CDR per CPU-second | lag p50 | lag p99 | lost | duplicates |\n"
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
 def table_row(result: BenchResult, batch_size: int) -> str:
+    offered = f"{result.offered:,.0f}/s" if result.offered else "burst"
     return (
-        f"| {result.count} | {batch_size} | {result.rate:,.0f} | {result.rate_per_cpu:,.0f} | "
+        f"| {result.count} | {offered} | {batch_size} | {result.rate:,.0f} | {result.rate_per_cpu:,.0f} | "
         f"{result.lag_p50 * 1000:,.0f} ms | {result.lag_p99 * 1000:,.0f} ms | {result.lost} | {result.duplicates} |"
     )

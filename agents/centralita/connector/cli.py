@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="CDRs per second and end-to-end lag through the stand-ins")
     bench.add_argument("--count", type=int, nargs="+", default=[20000], help="CDRs per run; several: one run each")
     bench.add_argument("--batch-size", type=int, default=500)
+    bench.add_argument(
+        "--rate", type=float, default=0.0, help="emit at this many CDRs per second (default 0: each run is one burst)"
+    )
     bench.set_defaults(func=_bench)
     letters = sub.add_parser("dead-letters", help="list CDRs the API refused")
     letters.add_argument("--env-file", default=DEFAULT_ENV)
@@ -53,7 +56,7 @@ def _bench(args: argparse.Namespace) -> int:
     failed = False
     for count in args.count:
         try:
-            result = run_bench(count, args.batch_size)
+            result = run_bench(count, args.batch_size, args.rate)
         except BenchError as exc:
             print(f"centralita connector bench: {exc}", file=sys.stderr)
             return 1

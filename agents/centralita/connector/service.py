@@ -227,6 +227,7 @@ class Connector:
                     batch_timeout=s.cdr_batch_timeout,
                     force_timeout=s.cdr_batch_force_timeout,
                     max_concurrent=s.cdr_max_concurrent,
+                    batches_in_flight=s.cdr_batch_in_flight,
                     retry_max_delay=s.api_retry_max_delay,
                 )
             )

@@ -43,6 +43,8 @@ class ConnectorSettings:
     cdr_batch_timeout: float = setting("CDR_BATCH_TIMEOUT", default=30.0, minimum=0.01)
     cdr_batch_force_timeout: float = setting("CDR_BATCH_FORCE_TIMEOUT", default=5.0, minimum=0.01)
     cdr_max_concurrent: int = setting("CDR_MAX_CONCURRENT", default=10, minimum=1, maximum=200)
+    # batch mode: batches posted at once (the next is read from the spool while one is on the wire)
+    cdr_batch_in_flight: int = setting("CDR_BATCH_IN_FLIGHT", default=4, minimum=1, maximum=32)
     # Seed 003: filtering
     cdr_filter_enabled: bool = setting("CDR_FILTER_ENABLED", default=True)
     cdr_filter_queue_attempts: bool = setting("CDR_FILTER_QUEUE_ATTEMPTS", default=False)

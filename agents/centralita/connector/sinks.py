@@ -104,6 +104,7 @@ class ApiSink(SpoolSink):
         batch_timeout: float = 30.0,
         force_timeout: float = 5.0,
         max_concurrent: int = 10,
+        batches_in_flight: int = 4,
         retry_max_delay: float = 60.0,
     ) -> None:
         super().__init__(spool, metrics)
@@ -113,6 +114,7 @@ class ApiSink(SpoolSink):
         self.batch_timeout = batch_timeout
         self.force_timeout = force_timeout
         self.max_concurrent = max_concurrent
+        self.batches_in_flight = batches_in_flight
         self.retry_max_delay = retry_max_delay
 
     async def run(self) -> None:
@@ -125,22 +127,53 @@ class ApiSink(SpoolSink):
 
     async def _run_batch(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            items = await self.spool.fetch(self.name, self.cursor, self.batch_size)
-            if not items:
-                await self._wait(self.poll_interval)
-                continue
-            # A partial batch waits for more: sent when full, when no CDR came for
-            # CDR_BATCH_FORCE_TIMEOUT, or CDR_BATCH_TIMEOUT after it started.
-            started = loop.time()
-            while len(items) < self.batch_size:
-                left = self.batch_timeout - (loop.time() - started)
-                if left <= 0 or not await self._wait(min(self.force_timeout, left)):
-                    break
-                more = await self.spool.fetch(self.name, items[-1].id, self.batch_size - len(items))
-                items.extend(more)
+        slots = asyncio.Semaphore(self.batches_in_flight)
+        tasks: set[asyncio.Task[None]] = set()
+        failures: list[BaseException] = []  # a spool error in a delivery stops the sink, as before
+        try:
+            while True:
+                await slots.acquire()
+                if failures:
+                    raise failures[0]
+                try:
+                    items = await self.spool.fetch(self.name, self.cursor, self.batch_size)
+                    if not items:
+                        slots.release()
+                        await self._wait(self.poll_interval)
+                        continue
+                    # A partial batch waits for more: sent when full, when no CDR came for
+                    # CDR_BATCH_FORCE_TIMEOUT, or CDR_BATCH_TIMEOUT after it started.
+                    started = loop.time()
+                    while len(items) < self.batch_size:
+                        left = self.batch_timeout - (loop.time() - started)
+                        if left <= 0 or not await self._wait(min(self.force_timeout, left)):
+                            break
+                        more = await self.spool.fetch(self.name, items[-1].id, self.batch_size - len(items))
+                        items.extend(more)
+                except BaseException:
+                    slots.release()
+                    raise
+                # Delivered in the background, so the next batch is read while this one is on
+                # the wire; each batch is marked delivered on its own when the API confirms it.
+                delivery = self._deliver_batch_slot(items, slots, failures)
+                task = asyncio.create_task(delivery, name=f"cdr-batch-{items[0].id}")
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                self.cursor = items[-1].id
+                if failures:
+                    raise failures[0]
+        finally:
+            await cancel_and_wait(list(tasks))
+
+    async def _deliver_batch_slot(
+        self, items: list[SpoolItem], slots: asyncio.Semaphore, failures: list[BaseException]
+    ) -> None:
+        try:
             await self.deliver_batch(items)
-            self.cursor = items[-1].id
+        except Exception as exc:
+            failures.append(exc)
+        finally:
+            slots.release()
 
     async def deliver_batch(self, items: list[SpoolItem]) -> None:
         """Send until delivered or refused; a refused batch is split to find the bad records."""
