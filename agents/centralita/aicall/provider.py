@@ -1,8 +1,9 @@
 """What the call logic needs from a speech-to-speech model, and nothing more.
 
 The call session speaks only to :class:`ModelSession` and receives only the event
-types below, so a provider for OpenAI's GPT-Live sessions API (or any other) can be
-added beside ``realtime.py`` without touching the call state machine.
+types below. Two providers implement it: OpenAI Realtime (``realtime.py``) and
+OpenAI GPT-Live sessions (``live.py``); :func:`open_model_session` builds the one
+``AICALL_PROVIDER`` selects.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from centralita.aicall.settings import AicallSettings
 
 
 @dataclass(frozen=True)
@@ -166,3 +170,29 @@ class ModelSession(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Close the socket and its tasks; safe to call twice."""
+
+
+def open_model_session(settings: AicallSettings, config: SessionConfig, *, name: str = "") -> ModelSession:
+    """The model session of one call, for the provider the settings select (not yet connected)."""
+    if settings.provider == "live":
+        from centralita.aicall.live import LiveSession
+
+        return LiveSession(
+            url=settings.live_url,
+            model=settings.live_model,
+            backend_model=settings.live_backend_model,
+            api_key=settings.openai_api_key,
+            config=config,
+            connect_timeout=settings.connect_timeout_seconds,
+            name=name,
+        )
+    from centralita.aicall.realtime import RealtimeSession
+
+    return RealtimeSession(
+        url=settings.realtime_url,
+        model=settings.realtime_model,
+        api_key=settings.openai_api_key,
+        config=config,
+        connect_timeout=settings.connect_timeout_seconds,
+        name=name,
+    )

@@ -67,9 +67,17 @@ class AicallSettings(DbSettings):
         "AICALL_INPUT_FRAMES", default=1, minimum=1, maximum=5, help="20 ms caller frames per message to the model"
     )
     # the model
+    provider: str = setting(
+        "AICALL_PROVIDER", default="realtime", choices=("realtime", "live"), help="OpenAI Realtime or GPT-Live sessions"
+    )
     openai_api_key: str = setting("OPENAI_API_KEY", secret=True)
     realtime_model: str = setting("OPENAI_REALTIME_MODEL", default="gpt-realtime")
     realtime_url: str = setting("OPENAI_REALTIME_URL", default="wss://api.openai.com/v1/realtime", check=_ws_url)
+    live_model: str = setting("OPENAI_LIVE_MODEL", default="gpt-live-1")
+    live_url: str = setting("OPENAI_LIVE_URL", default="wss://api.openai.com/v1/live/sessions", check=_ws_url)
+    live_backend_model: str = setting(
+        "OPENAI_LIVE_BACKEND_MODEL", default="gpt-5.5", help="the Responses model GPT-Live delegates tool calls to"
+    )
     voice: str = setting("AICALL_VOICE", default="marin")
     instructions: str = setting("AICALL_INSTRUCTIONS", default=DEFAULT_INSTRUCTIONS)
     instructions_file: Path | None = setting(  # noqa: RUF009 - setting() builds a dataclasses.field
@@ -133,6 +141,11 @@ class AicallSettings(DbSettings):
             raise ConfigError(
                 f"AICALL_INSTRUCTIONS_FILE: cannot read {self.instructions_file}: {exc.strerror}"
             ) from exc
+
+    @property
+    def model_id(self) -> str:
+        """The voice model of the chosen provider (recorded with each call)."""
+        return self.live_model if self.provider == "live" else self.realtime_model
 
     @property
     def transfer_target(self) -> str | None:
