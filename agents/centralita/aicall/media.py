@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import collections
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +42,9 @@ class Playout:
     """Queued assistant audio, cut into frames, with per-reply played counters.
 
     The counters are the truth for ``conversation.item.truncate``: a reply is counted
-    as heard only when its frame left for Asterisk at the playout clock.
+    as heard only when its frame left for Asterisk at the playout clock. The RTP path
+    takes frames from the pacer's thread while the event loop queues and flushes, so
+    every change happens under one lock.
     """
 
     law: str
@@ -50,19 +53,26 @@ class Playout:
     played_bytes: dict[str, int] = field(default_factory=dict)
     queued_bytes: int = 0
     current: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, data: bytes, item_id: str) -> None:
         if not data:
             return
-        if self.chunks and self.chunks[-1].item_id == item_id:
-            self.chunks[-1].data.extend(data)
-        else:
-            self.chunks.append(_Chunk(item_id, bytearray(data)))
-        self.queued_bytes += len(data)
+        with self._lock:
+            if self.chunks and self.chunks[-1].item_id == item_id:
+                self.chunks[-1].data.extend(data)
+            else:
+                self.chunks.append(_Chunk(item_id, bytearray(data)))
+            self.queued_bytes += len(data)
 
     def take(self, size: int | None = None) -> tuple[bytes, str] | None:
         """Up to ``size`` bytes (a frame by default) of one reply; a short tail is padded with silence."""
-        size = size or self.frame_bytes
+        if not self.chunks:
+            return None
+        with self._lock:
+            return self._take(size or self.frame_bytes)
+
+    def _take(self, size: int) -> tuple[bytes, str] | None:
         while self.chunks:
             chunk = self.chunks[0]
             left = len(chunk.data) - chunk.offset
@@ -82,11 +92,13 @@ class Playout:
         return None
 
     def clear(self) -> Played:
-        dropped = self.queued_bytes
-        item = self.chunks[0].item_id if self.chunks else self.current
-        self.chunks.clear()
-        self.queued_bytes = 0
-        return Played(item, g711.duration_ms(self.played_bytes.get(item, 0)) if item else 0, g711.duration_ms(dropped))
+        with self._lock:
+            dropped = self.queued_bytes
+            item = self.chunks[0].item_id if self.chunks else self.current
+            self.chunks.clear()
+            self.queued_bytes = 0
+            played = self.played_bytes.get(item, 0) if item else 0
+        return Played(item, g711.duration_ms(played), g711.duration_ms(dropped))
 
     def played_ms(self, item_id: str) -> int:
         return g711.duration_ms(self.played_bytes.get(item_id, 0))

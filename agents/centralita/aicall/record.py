@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,23 @@ class TranscriptLine:
     at: float
     item_id: str = ""
     progress: bool = False  # an out-of-band "one moment" phrase
+
+
+def heard_text(text: str, played_ms: int, audio_ms: int) -> str:
+    """What the caller heard of a reply cut short: its words up to the share of its audio played.
+
+    Speech and transcript are generated together, so the played share of the audio is the
+    share of the text that was spoken; only words that end inside that share are kept.
+    """
+    if audio_ms <= 0 or played_ms >= audio_ms:
+        return text
+    cut = len(text) * max(0, played_ms) / audio_ms
+    end = 0
+    for word in re.finditer(r"\S+", text):
+        if word.end() > cut:
+            break
+        end = word.end()
+    return text[:end]
 
 
 @dataclass

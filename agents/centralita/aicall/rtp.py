@@ -3,9 +3,10 @@
 Whatever reaches Asterisk's RTP channel is played as it arrives, so the agent must
 send exactly one 160-byte frame every 20 ms: a burst is heard as sped-up audio and a
 gap as a click. One :class:`Pacer` per process ticks for every call, so 200 calls
-cost one timer wake-up per 20 ms instead of 200, and each call's frame interval stays
-as steady as the event loop itself. Between replies the stream carries digital
-silence, which keeps the RTP timestamp and Asterisk's bridge timing continuous.
+cost one wake-up per 20 ms instead of 200. It runs in its own thread and sends on
+each call's socket directly, so the frames keep their 20 ms even while the event
+loop is busy. Between replies the stream carries digital silence, which keeps the
+RTP timestamp and Asterisk's bridge timing continuous.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import struct
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from centralita.aicall import g711
@@ -65,56 +70,101 @@ class RtpPacket:
 
 
 class Pacer:
-    """One clock for every RTP stream of the process, ticking every 20 ms.
+    """One clock for every RTP stream of the process: a thread that sends every due frame each 20 ms.
 
-    A late tick (a busy loop) is caught up by at most two frames; after a longer
-    stall the clock restarts instead of bursting, because a burst is worse than a gap.
+    The clock runs beside the event loop, not on it: whatever the loop is busy with (a burst
+    of model events, a garbage collection, a slow callback) delays a frame only by the time
+    the interpreter needs to hand the thread its lock, which the process bounds with
+    ``sys.setswitchinterval``, and the frame's ``sendto`` runs outside that lock. Each pass
+    sends one frame per call in a fixed order, so a call's frames stay 20 ms apart.
+
+    A late pass (the host did not run the thread) is caught up by at most two frames; after
+    a longer stall the clock restarts instead of bursting, because a burst is worse than a gap.
     """
+
+    LATE_S = 0.04  # a pass this late is counted and logged: the caller heard a gap
 
     def __init__(self, frame_ms: int = g711.FRAME_MS) -> None:
         self.period = frame_ms / 1000
         self._streams: dict[int, RtpMedia] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()  # held for a whole pass: a removed stream is never sent to afterwards
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.ticks = 0
         self.restarts = 0
+        self.late_ticks = 0
+        self.worst_late_ms = 0.0
         self.lateness: list[float] | None = None  # seconds each frame left after its due time (benchmark only)
 
     def add(self, stream: RtpMedia) -> None:
-        self._streams[id(stream)] = stream
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="rtp-pacer")
+        self._loop = asyncio.get_running_loop()
+        with self._lock:
+            self._streams[id(stream)] = stream
+        if self._thread is None or not self._thread.is_alive():
+            self._stop = False
+            self._thread = threading.Thread(target=self._run, name="rtp-pacer", daemon=True)
+            self._thread.start()
+        self._wake.set()
 
     def remove(self, stream: RtpMedia) -> None:
-        self._streams.pop(id(stream), None)
+        with self._lock:
+            self._streams.pop(id(stream), None)
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        due = loop.time()
-        while self._streams:
-            now = loop.time()
-            if now - due > 3 * self.period:
-                due = now
+    def call_soon(self, callback: Callable[..., object], *args: object) -> None:
+        """Run ``callback(*args)`` on the event loop (the pacer's thread must not touch the calls)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(callback, *args)
+
+    def _run(self) -> None:
+        clock = time.monotonic
+        due = clock()
+        while not self._stop:
+            if not self._streams:
+                self._wake.wait()
+                self._wake.clear()
+                due = clock()
+                continue
+            now = clock()
+            late = now - due
+            if late > 3 * self.period:
                 self.restarts += 1
-            for stream in list(self._streams.values()):
+            if late > self.LATE_S:
+                self.late_ticks += 1
+                self.worst_late_ms = max(self.worst_late_ms, late * 1000)
+                self.call_soon(log.warning, "rtp pacer: a frame pass ran %.0f ms late", late * 1000)
+            if late > 3 * self.period:
+                due = now
+            self._pass(due)
+            self.ticks += 1
+            due += self.period
+            delay = due - clock()
+            if delay > 0:
+                time.sleep(delay)
+
+    def _pass(self, due: float) -> None:
+        lateness = self.lateness
+        with self._lock:
+            for key, stream in list(self._streams.items()):
                 try:
                     stream.tick()
                 except Exception:  # one broken call must not silence the others
                     log.exception("rtp stream tick failed; removing stream %s", stream.name)
-                    self.remove(stream)
-                if self.lateness is not None:
-                    self.lateness.append(loop.time() - due)
-            self.ticks += 1
-            due += self.period
-            delay = due - loop.time()
-            await asyncio.sleep(delay if delay > 0 else 0)
+                    self._streams.pop(key, None)
+                if lateness is not None:
+                    lateness.append(time.monotonic() - due)
 
     async def close(self) -> None:
-        self._streams.clear()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        with self._lock:
+            self._streams.clear()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._stop = True
+            self._wake.set()
+            await asyncio.to_thread(thread.join, 5)
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -151,6 +201,8 @@ class RtpMedia(MediaPath):
         self.remote: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
         self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
+        self._packet = bytearray(_HEADER.size + g711.FRAME_BYTES)
         self._ssrc = int.from_bytes(os.urandom(4), "big")
         self._sequence = int.from_bytes(os.urandom(2), "big")
         self._timestamp = int.from_bytes(os.urandom(4), "big")
@@ -158,21 +210,25 @@ class RtpMedia(MediaPath):
         self._silence = g711.silence(law)
         self.received_packets = 0
         self.rejected_packets = 0
+        self.send_errors = 0
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         ports = range(self.port_range[0], self.port_range[1] + 1, 2) if self.port_range else [0]
         last_error: OSError | None = None
         for port in ports:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _Protocol(self), local_addr=(self.bind_host, port)
-                )
+                sock.setblocking(False)
+                sock.bind((self.bind_host, port))
+                transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
             except OSError as exc:
+                sock.close()
                 last_error = exc
                 continue
             self._transport = transport
-            self.local = transport.get_extra_info("sockname")[:2]
+            self._sock = sock  # the pacer's thread sends on it directly; the loop only receives
+            self.local = sock.getsockname()[:2]
             self.pacer.add(self)
             return
         raise OSError(f"no free RTP port on {self.bind_host} in {self.port_range}: {last_error}")
@@ -203,32 +259,44 @@ class RtpMedia(MediaPath):
         self._deliver(payload)
 
     def tick(self) -> None:
-        """Send the next 20 ms frame: queued reply audio, else silence."""
-        if self._transport is None or self.remote is None:
+        """Send the next 20 ms frame: queued reply audio, else silence (runs in the pacer's thread)."""
+        sock, remote = self._sock, self.remote
+        if sock is None or remote is None:
             return
         taken = self.playout.take()
+        packet = self._packet
         if taken is None:
-            payload, marker = self._silence, False
+            packet[_HEADER.size :] = self._silence
+            marker = 0
             self._talking = False
         else:
             payload, item_id = taken
-            marker = not self._talking
+            packet[_HEADER.size :] = payload
+            marker = 0 if self._talking else 0x80
             self._talking = True
-            self._mark_start(item_id)
-        header = _HEADER.pack(
-            0x80, (0x80 if marker else 0) | self.payload_type, self._sequence, self._timestamp, self._ssrc
-        )
+            if item_id not in self._started_items:
+                self._started_items.add(item_id)
+                self.pacer.call_soon(self._item_heard, item_id, time.monotonic())
+        _HEADER.pack_into(packet, 0, 0x80, marker | self.payload_type, self._sequence, self._timestamp, self._ssrc)
         self._sequence = (self._sequence + 1) & 0xFFFF
-        self._timestamp = (self._timestamp + len(payload)) & 0xFFFFFFFF
-        self._transport.sendto(header + payload, self.remote)
+        self._timestamp = (self._timestamp + g711.FRAME_BYTES) & 0xFFFFFFFF
+        try:
+            sock.sendto(packet, remote)
+        except OSError:  # a full socket buffer or an ICMP error: this frame is lost, the clock goes on
+            self.send_errors += 1
         self.stats.sent(taken is not None)
+
+    def _item_heard(self, item_id: str, at: float) -> None:
+        if self._on_start is not None:
+            self._on_start(item_id, at)
 
     def flush(self) -> Played:
         self._talking = False
         return self.playout.clear()
 
     async def close(self) -> None:
-        self.pacer.remove(self)
+        self.pacer.remove(self)  # waits for a pass in progress: no frame is sent after this
+        self._sock = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None

@@ -43,7 +43,7 @@ from centralita.aicall.provider import (
     Transcript,
 )
 from centralita.aicall.realtime import HARMLESS_ERRORS
-from centralita.aicall.record import CallRecord, TranscriptLine, TurnRecord, UsageRecord
+from centralita.aicall.record import CallRecord, TranscriptLine, TurnRecord, UsageRecord, heard_text
 from centralita.aicall.tools.base import Tool, ToolBox, ToolOutcome
 
 log = logging.getLogger("centralita.aicall.session")
@@ -140,13 +140,15 @@ class CallSession:
         self._progress_responses: set[str] = set()
         self._item_response: dict[str, str] = {}
         self._cancelled_items: set[str] = set()
+        self._item_audio: dict[str, int] = {}  # bytes of reply audio received per item
+        self._heard: dict[str, tuple[int, int]] = {}  # cut items: (played ms, audio ms received by then)
         self._active_response: str | None = None
         self._turn: TurnRecord | None = None
         self._turn_started = 0.0
         self._pending_action: tuple[str, str | None] | None = None
         self._action_spoken = False
         self._reconnecting = False
-        self._history: list[HistoryLine] = []
+        self._history: list[tuple[str, HistoryLine]] = []  # (item id, what was said) for a reconnection
         self._cue_ids = itertools.count(1)
         self._input = bytearray()
         self._idle_since = time.monotonic()
@@ -276,9 +278,10 @@ class CallSession:
         try:
             while time.monotonic() < deadline:
                 remaining = deadline - time.monotonic()
+                history = [line for _, line in self._history]
                 try:
                     await asyncio.wait_for(
-                        self.model.connect(history=list(self._history)), min(remaining, self.policy.connect_timeout)
+                        self.model.connect(history=history), min(remaining, self.policy.connect_timeout)
                     )
                 except (ModelUnavailable, TimeoutError) as exc:
                     log.warning("call %s: model reconnect failed: %s", self.name, exc)
@@ -300,6 +303,7 @@ class CallSession:
             if event.item_id in self._cancelled_items:
                 return
             self._item_response.setdefault(event.item_id, event.response_id)
+            self._item_audio[event.item_id] = self._item_audio.get(event.item_id, 0) + len(event.audio)
             self.media.play(event.audio, event.item_id)
         elif isinstance(event, SpeechStarted):
             self._barge_in()
@@ -365,19 +369,38 @@ class CallSession:
         if self.record.turns:
             self.record.turns[-1].interrupted = True
             self.record.turns[-1].played_ms = played.played_ms
+        self._cut_transcript(item, played.played_ms)
         log.info(
             "call %s: barge-in, %s heard %d ms, dropped %d ms", self.name, item, played.played_ms, played.dropped_ms
         )
         self._spawn(self.model.truncate(item, played.played_ms), "truncate")
 
+    def _cut_transcript(self, item: str, played_ms: int) -> None:
+        """Keep of an interrupted reply only what the caller heard, as the model's truncated memory does.
+
+        The reply's transcript may already be recorded (the model speaks faster than real time)
+        or come later; either way it is cut at the share of the reply's audio that was played.
+        """
+        self._heard[item] = (played_ms, g711.duration_ms(self._item_audio.get(item, 0)))
+        for line in self.record.transcript:
+            if line.item_id == item and line.role == "assistant":
+                line.text = heard_text(line.text, *self._heard[item])
+        self.record.transcript = [line for line in self.record.transcript if line.text]
+        for index, (item_id, entry) in enumerate(self._history):
+            if item_id == item:
+                self._history[index] = (item_id, HistoryLine(entry.role, heard_text(entry.text, *self._heard[item])))
+        self._history = [(item_id, entry) for item_id, entry in self._history if entry.text]
+
     def _transcript(self, event: Transcript) -> None:
         progress = event.response_id in self._progress_responses if event.response_id else False
         text = event.text.strip()
+        if event.role == "assistant" and event.item_id in self._heard:
+            text = heard_text(text, *self._heard[event.item_id])
         if not text:
             return
         self.record.transcript.append(TranscriptLine(event.role, text, time.time(), event.item_id, progress))
-        if not progress and event.item_id not in self._cancelled_items:
-            self._history.append(HistoryLine(event.role, text))
+        if not progress:
+            self._history.append((event.item_id, HistoryLine(event.role, text)))
 
     # tools -------------------------------------------------------------------------
 

@@ -752,26 +752,39 @@ class _Connection:
         chunk = g711.SAMPLE_RATE * AUDIO_CHUNK_MS // 1000
         words = text.split()
         pieces = max(1, (len(audio) + chunk - 1) // chunk)
-        for index in range(pieces):
-            part_audio = audio[index * chunk : (index + 1) * chunk]
-            await self.send(
-                {"type": "response.output_audio.delta", **common, "delta": base64.b64encode(part_audio).decode()}
-            )
-            record.audio_ms += g711.duration_ms(part_audio)
-            share = words[index * len(words) // pieces : (index + 1) * len(words) // pieces]
-            if share:
+        spoken: list[str] = []
+        try:
+            for index in range(pieces):
+                part_audio = audio[index * chunk : (index + 1) * chunk]
                 await self.send(
-                    {"type": "response.output_audio_transcript.delta", **common, "delta": " ".join(share) + " "}
+                    {"type": "response.output_audio.delta", **common, "delta": base64.b64encode(part_audio).decode()}
                 )
-            await asyncio.sleep(AUDIO_CHUNK_MS / 1000 / self.script.send_rate)
+                record.audio_ms += g711.duration_ms(part_audio)
+                share = words[index * len(words) // pieces : (index + 1) * len(words) // pieces]
+                if share:
+                    spoken += share
+                    await self.send(
+                        {"type": "response.output_audio_transcript.delta", **common, "delta": " ".join(share) + " "}
+                    )
+                await asyncio.sleep(AUDIO_CHUNK_MS / 1000 / self.script.send_rate)
+        except asyncio.CancelledError:
+            # as the API does on an interruption: the item ends "incomplete" with the text generated so far
+            record.transcript = " ".join(spoken)
+            await self._finish_item(item, common, record.transcript, "incomplete", conversation)
+            raise
+        await self._finish_item(item, common, text, "completed", conversation)
+
+    async def _finish_item(
+        self, item: dict[str, Any], common: dict[str, Any], text: str, status: str, conversation: bool
+    ) -> None:
         await self.send({"type": "response.output_audio.done", **common})
         await self.send({"type": "response.output_audio_transcript.done", **common, "transcript": text})
         part = {"type": "audio", "transcript": text}
         await self.send({"type": "response.content_part.done", **common, "part": part})
-        item["status"] = "completed"
+        item["status"] = status
         item["content"] = [{"type": "output_audio", "transcript": text}]
         await self.send(
-            {"type": "response.output_item.done", "response_id": response_id, "output_index": 0, "item": item}
+            {"type": "response.output_item.done", "response_id": common["response_id"], "output_index": 0, "item": item}
         )
         if conversation:
             await self.send({"type": "conversation.item.done", "item": item})
