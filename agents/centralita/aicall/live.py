@@ -154,12 +154,17 @@ class _Reply:
     last_voice_at: float = 0.0
     pending_silence: bytearray = field(default_factory=bytearray)
     text: list[tuple[int, int, str]] = field(default_factory=list)  # (start_ms, end_ms, delta) on the session timeline
+    origin_ms: int | None = None  # where the reply's audio starts on the session timeline
+
+    def add_text(self, start_ms: int, end_ms: int, delta: str) -> None:
+        if self.origin_ms is None:
+            # the delta describes the audio received up to now: its end lines up with the audio's end
+            self.origin_ms = end_ms - self.audio_ms if self.audio_ms else start_ms
+        self.text.append((start_ms, end_ms, delta))
 
     def heard(self, played_ms: int) -> str:
         """The transcript up to ``played_ms`` into the reply's audio."""
-        if not self.text:
-            return ""
-        origin = self.text[0][0]
+        origin = self.origin_ms or 0
         return "".join(delta for _, end, delta in self.text if end - origin <= played_ms)
 
 
@@ -359,7 +364,8 @@ class LiveSession(ModelSession):
         self._send({"type": "session.commentary.append", "content": instructions, "delegation_id": None})
 
     async def tool_result(self, call_id: str, output: str) -> None:
-        self._outputs_sent = True
+        if call_id in self._outstanding:
+            self._outputs_sent = True  # the next respond() lets the waiting backend response continue
         self._send(
             {
                 "type": "response.item.create",
@@ -423,6 +429,8 @@ class LiveSession(ModelSession):
                 reason = f"connection lost ({exc})"
         for event in self._end_reply("cancelled", "disconnected"):
             yield event
+        for event in self._end_caller_turn():
+            yield event  # what the caller said before the drop belongs in the restored history
         yield Disconnected(reason)
 
     def _reply_wait(self) -> float | None:
@@ -440,7 +448,7 @@ class LiveSession(ModelSession):
         if kind == "session.output_transcript.delta":
             piece = (int(event.get("start_ms", 0)), int(event.get("end_ms", 0)), str(event.get("delta", "")))
             if self._reply is not None:
-                self._reply.text.append(piece)
+                self._reply.add_text(*piece)
             else:
                 self._early_text.append(piece)
             return []
@@ -489,21 +497,27 @@ class LiveSession(ModelSession):
         return events
 
     def _open_reply(self, now: float) -> list[ModelEvent]:
-        events: list[ModelEvent] = []
-        caller = self._caller
-        if caller is not None:
-            self._caller = None
-            spoken_at = self.audio_sent_at(caller.end_ms)
-            events.append(SpeechStopped(caller.id, caller.end_ms, spoken_at))
-            events.append(Transcript("caller", "".join(caller.text).strip(), caller.id))
+        events = self._end_caller_turn()
         reply = _Reply(f"{REPLY_PREFIX}{next(self._ids)}", bool(self._outstanding), now, last_voice_at=now)
-        reply.text, self._early_text = self._early_text, []
+        for piece in self._early_text:
+            reply.add_text(*piece)
+        self._early_text = []
         self._reply = reply
         self._recent[reply.id] = reply
         while len(self._recent) > 8:
             self._recent.popitem(last=False)
         events.append(ResponseStarted(reply.id, reply.progress))
         return events
+
+    def _end_caller_turn(self) -> list[ModelEvent]:
+        caller, self._caller = self._caller, None
+        if caller is None:
+            return []
+        spoken_at = self.audio_sent_at(caller.end_ms)
+        return [
+            SpeechStopped(caller.id, caller.end_ms, spoken_at),
+            Transcript("caller", "".join(caller.text).strip(), caller.id),
+        ]
 
     def _end_reply(self, status: str, reason: str | None) -> list[ModelEvent]:
         reply, self._reply = self._reply, None
