@@ -477,14 +477,11 @@ class LiveSession(ModelSession):
         now = time.monotonic()
         voiced = data.count(self._silence_byte) != len(data)
         reply = self._reply
+        events: list[ModelEvent] = []
         if reply is None:
             if not voiced:
                 return []  # silence between replies: the media path plays its own
-            events = self._open_reply(now)
-            reply = self._reply
-            assert reply is not None
-        else:
-            events = []
+            reply, events = self._open_reply(now)
         if not voiced:
             reply.pending_silence.extend(data)
             return events
@@ -496,7 +493,7 @@ class LiveSession(ModelSession):
         events.append(AudioOut(reply.id, reply.id, audio))
         return events
 
-    def _open_reply(self, now: float) -> list[ModelEvent]:
+    def _open_reply(self, now: float) -> tuple[_Reply, list[ModelEvent]]:
         events = self._end_caller_turn()
         reply = _Reply(f"{REPLY_PREFIX}{next(self._ids)}", bool(self._outstanding), now, last_voice_at=now)
         for piece in self._early_text:
@@ -507,7 +504,7 @@ class LiveSession(ModelSession):
         while len(self._recent) > 8:
             self._recent.popitem(last=False)
         events.append(ResponseStarted(reply.id, reply.progress))
-        return events
+        return reply, events
 
     def _end_caller_turn(self) -> list[ModelEvent]:
         caller, self._caller = self._caller, None
