@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,9 +63,19 @@ UNSUPPORTED = {
 }
 
 
-def _strict(adapter: Any) -> Callable[[dict[str, Any]], str | None]:
-    """A check of one event against a typed model: its shape, and no field the model does not name."""
-    from pydantic import BaseModel, ValidationError
+def _strict(union: Any) -> Callable[[dict[str, Any]], str | None]:
+    """A check of one event against the member of a typed event union its ``type`` names.
+
+    Its shape is checked, and that it carries no field the model does not name (the
+    service's configuration is strict; the SDK's models keep unknown fields as extras).
+    """
+    from pydantic import BaseModel, TypeAdapter, ValidationError
+
+    members = typing.get_args(typing.get_args(union)[0] if typing.get_origin(union) is typing.Annotated else union)
+    adapters: dict[str, Any] = {}
+    for member in members:
+        for kind in typing.get_args(member.model_fields["type"].annotation):
+            adapters[kind] = TypeAdapter(member)
 
     def extras(model: Any, path: str) -> list[str]:
         found = []
@@ -78,6 +89,9 @@ def _strict(adapter: Any) -> Callable[[dict[str, Any]], str | None]:
         return found
 
     def check(event: dict[str, Any]) -> str | None:
+        adapter = adapters.get(event.get("type"))  # type: ignore[arg-type]
+        if adapter is None:
+            return f"unknown event type {event.get('type')!r}"
         try:
             model = adapter.validate_python(event)
         except ValidationError as exc:
@@ -101,12 +115,9 @@ def live_validators() -> Validators | None:
         from openai.types.live.client_event import ClientEvent
         from openai.types.live.server_event import ServerEvent
         from openai.types.responses.response_stream_event import ResponseStreamEvent
-        from pydantic import TypeAdapter
     except ImportError:
         return None
-    return Validators(
-        _strict(TypeAdapter(ClientEvent)), _strict(TypeAdapter(ServerEvent)), _strict(TypeAdapter(ResponseStreamEvent))
-    )
+    return Validators(_strict(ClientEvent), _strict(ServerEvent), _strict(ResponseStreamEvent))
 
 
 @dataclass

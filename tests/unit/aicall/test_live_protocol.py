@@ -36,6 +36,7 @@ from centralita.fakes.realtime import Script, Turn
 from openai.types.live.server_event import ServerEvent
 from pydantic import TypeAdapter
 from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
 
 KEY = "sk-test"
 SERVER_EVENTS = TypeAdapter(ServerEvent)
@@ -363,3 +364,29 @@ def test_the_provider_setting_selects_the_session_class_and_its_endpoint() -> No
         "gpt-5.5",
     )
     assert model.api_key == "sk-x" and chosen.model_id == "gpt-live-2"
+
+
+def test_a_session_start_the_service_refuses_or_never_answers_is_model_unavailable() -> None:
+    bad = SessionConfig("x", "marin", "ulaw", tools=(ToolSpec("f", "a tool", ["not", "a", "schema"]),))  # type: ignore[arg-type]
+
+    async def silent(ws: Any) -> None:
+        await ws.wait_closed()  # accepts the socket, never starts the session
+
+    async def scenario() -> tuple[str, str]:
+        async with FakeLive(Script()) as fake:
+            refused = LiveSession(url=fake.url, model="gpt-live-1", backend_model="b", api_key=KEY, config=bad)
+            with pytest.raises(ModelUnavailable) as first:
+                await refused.connect()
+        async with serve(silent, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            url = f"ws://127.0.0.1:{port}/v1/live/sessions"
+            mute = LiveSession(
+                url=url, model="gpt-live-1", backend_model="b", api_key=KEY, config=CONFIG, connect_timeout=0.5
+            )
+            with pytest.raises(ModelUnavailable) as second:
+                await mute.connect()
+        return str(first.value), str(second.value)
+
+    refused, unanswered = run(scenario())
+    assert refused.startswith("live session refused: invalid_value") and "parameters" in refused
+    assert "did not start" in unanswered
