@@ -18,6 +18,7 @@ gets ``-m`` and ``-timeout``, and the ladder stops at the first rate that fails.
 from __future__ import annotations
 
 import dataclasses
+import resource
 import shlex
 import statistics
 import subprocess
@@ -33,6 +34,14 @@ SBC_PORT = 5060
 MINIMAL_PORT = 5062
 NUMBER = "573001234567"
 CDR_WAIT_S = 60
+# CPU ticks of the VM as a whole (busy, all) and of Kamailio's and MariaDB's
+# processes (user + system), from /proc: where a step's time went.
+CPU_SAMPLE = (
+    "awk '/^cpu /{print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat;"
+    " for name in kamailio mariadbd; do t=0; for p in $(pgrep -x $name); do"
+    " t=$((t + $(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null || echo 0))); done; echo $t; done;"
+    " nproc"
+)
 BENCH_TAG = "centralita-bench"
 
 UAC_XML = """<?xml version="1.0" encoding="UTF-8" ?>
@@ -135,12 +144,30 @@ class BenchOptions:
 
 
 @dataclasses.dataclass
+class CpuUse:
+    """Share of one CPU used during a step: the VM's busy time, Kamailio, MariaDB, SIPp on the host."""
+
+    vm_busy: float = 0.0
+    vm_cpus: int = 0
+    kamailio: float = 0.0
+    mariadb: float = 0.0
+    sipp: float = 0.0
+
+    def text(self) -> str:
+        return (
+            f"VM busy {self.vm_busy:.0%} of {self.vm_cpus} CPU, kamailio {self.kamailio:.0%}, "
+            f"mariadb {self.mariadb:.0%}, SIPp (host) {self.sipp:.0%} of one CPU"
+        )
+
+
+@dataclasses.dataclass
 class StepResult:
     rate: int
     calls: int
     ok: int
     failed: int
     cdrs: int | None
+    cpu: CpuUse = dataclasses.field(default_factory=CpuUse)
 
     @property
     def sustained(self) -> bool:
@@ -202,7 +229,10 @@ class Bench:
             f"INSERT INTO customer_rates (customer_id, prefix, rate_per_minute, effective_from)"
             f" VALUES ({self.customer_id}, '57', 0.05, UTC_TIMESTAMP() - INTERVAL 1 DAY)"
         )
-        self.lab.exec(VM, "kamcmd dispatcher.reload; kamcmd permissions.addressReload")
+        self.lab.exec(
+            VM, "kamcmd dispatcher.reload; kamcmd permissions.addressReload; kamcmd htable.flush src;"
+            " kamcmd htable.flush route"
+        )  # fmt: skip
         self.start_minimal(uas)
 
     def start_minimal(self, uas: str) -> None:
@@ -260,6 +290,26 @@ class Bench:
             return {}
         return dict(zip(lines[0].rstrip(";").split(";"), lines[-1].rstrip(";").split(";"), strict=False))
 
+    def cpu_sample(self) -> tuple[float, list[int]]:
+        """(monotonic time, [vm busy ticks, vm all ticks, kamailio ticks, mariadb ticks, cpus])"""
+        out = self.lab.exec(VM, CPU_SAMPLE, check=False).split()
+        values = [int(float(v)) for v in out if v.replace(".", "", 1).isdigit()]
+        return time.monotonic(), (values + [0] * 6)[:6]
+
+    @staticmethod
+    def cpu_use(before: tuple[float, list[int]], after: tuple[float, list[int]], sipp_s: float) -> CpuUse:
+        elapsed = max(after[0] - before[0], 1e-3)
+        busy, total, kam, maria, cpus = (a - b for a, b in zip(after[1][:5], before[1][:5], strict=True))
+        cpus = after[1][4] or 1
+        hz = 100  # USER_HZ of Linux /proc
+        return CpuUse(
+            vm_busy=busy / total if total else 0.0,
+            vm_cpus=cpus,
+            kamailio=kam / hz / elapsed,
+            mariadb=maria / hz / elapsed,
+            sipp=sipp_s / elapsed,
+        )
+
     def step(self, rate: int, port: int, count_cdrs: bool) -> StepResult:
         calls = rate * self.o.hold_s
         per_uac = max(1, calls // len(self.uacs))
@@ -269,6 +319,8 @@ class Bench:
         # a carrier marked down by an earlier overload would refuse this whole step
         self.lab.exec(VM, "kamcmd dispatcher.reload", check=False)
         since = self.sql("SELECT UTC_TIMESTAMP(3)").strip()
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_before = self.cpu_sample()
         # room for stray calls (probes, retransmissions): the carrier must outlive the customers;
         # it is stopped once they are done
         uas = self.sipp("buas", "uas.xml", None, calls * 2 + 100, 1, timeout + 10, [])
@@ -286,11 +338,18 @@ class Bench:
             st = self.stats(proc)
             ok += int(st.get("SuccessfulCall(C)", 0))
             failed += int(st.get("FailedCall(C)", 0))
+        cpu_after = self.cpu_sample()
         uas.terminate()
         try:
             uas.wait(timeout=10)
         except subprocess.TimeoutExpired:
             uas.kill()
+            uas.wait(timeout=10)
+        children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        sipp_s = (children_after.ru_utime + children_after.ru_stime) - (
+            children_before.ru_utime + children_before.ru_stime
+        )
+        cpu = self.cpu_use(cpu_before, cpu_after, sipp_s)
         cdrs = None
         if count_cdrs:
             deadline = time.monotonic() + CDR_WAIT_S
@@ -304,7 +363,7 @@ class Bench:
                 if cdrs >= ok or time.monotonic() > deadline:
                     break
                 time.sleep(2)
-        return StepResult(rate, calls, ok, failed, cdrs)
+        return StepResult(rate, calls, ok, failed, cdrs, cpu)
 
     def ladder(self, port: int, count_cdrs: bool, label: str) -> int:
         best = 0
@@ -313,7 +372,8 @@ class Bench:
             cdr_text = f", {result.cdrs} CDRs" if result.cdrs is not None else ""
             verdict = "sustained" if result.sustained else "NOT sustained"
             print(
-                f"  {label} {rate:>5} cps: {result.ok}/{result.calls} ok, {result.failed} failed{cdr_text}: {verdict}",
+                f"  {label} {rate:>5} cps: {result.ok}/{result.calls} ok, {result.failed} failed{cdr_text}: {verdict}"
+                f" ({result.cpu.text()})",
                 flush=True,
             )
             if not result.sustained:

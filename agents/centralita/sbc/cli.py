@@ -13,7 +13,7 @@ import pymysql
 
 from centralita.config import ConfigError, load_settings
 from centralita.db import connection, describe_target
-from centralita.sbc.control import read_status, render_status, sync
+from centralita.sbc.control import flush_route_cache, read_status, render_status, sync
 from centralita.sbc.rates import RateDeckError, import_rates, read_deck, resolve_owner
 from centralita.sbc.rpc import KamailioRpc, RpcError
 from centralita.sbc.settings import DEFAULT_ENV_FILE, SbcSettings
@@ -143,6 +143,16 @@ def cmd_rates_import(args: argparse.Namespace) -> int:
         return 1
     replaced = f", {result.replaced} old rates removed" if args.replace else ""
     print(f"imported {result.rows} rates for {kind} {name} in {result.seconds:.1f} s{replaced}")
+    # carrier orders cached in Kamailio were computed from the old rates; when
+    # Kamailio cannot be told, its cache still expires on its own within a minute
+    try:
+        asyncio.run(flush_route_cache(_rpc(settings)))
+    except RpcError as exc:
+        print(
+            f"centralita rates import: warning: Kamailio's route cache was not flushed ({exc}); the new rates "
+            "apply once it expires, or at once after `centralita kamailio sync`",
+            file=sys.stderr,
+        )
     return 0
 
 

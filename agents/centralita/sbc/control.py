@@ -1,10 +1,13 @@
 """Live control of the SBC: apply database changes and read Kamailio's state.
 
-Kamailio reads customers, limits, dialing plans, normalisation rules and rates
-from the database on every call, so those take effect at once. What it keeps
-in memory is reloaded here: the carrier list (dispatcher) and the source
-address list (customer IPs and the blacklist, permissions). ``sync`` is what
-the panel calls after a save, and what ``centralita kamailio sync`` runs.
+Kamailio holds what each call needs in memory: the carrier list (dispatcher),
+the source address list (customer IPs and the blacklist, permissions), and two
+caches filled from the database on first use: each source's customers with
+their limits (htable ``src``) and each (customer, number)'s normalisation,
+dialing plan verdict and carrier order (htable ``route``). ``sync`` reloads the
+lists and empties the caches; it is what the panel calls after a save, and what
+``centralita kamailio sync`` runs. Only the minutes left of a customer with a
+monthly cap are read from the database on every call.
 """
 
 from __future__ import annotations
@@ -15,25 +18,29 @@ from typing import Any
 
 from centralita.sbc.rpc import KamailioRpc, RpcError
 
-__all__ = ["RELOADS", "SbcStatus", "read_status", "render_status", "sync"]
+__all__ = ["CACHE_FLUSHES", "RELOADS", "SbcStatus", "flush_route_cache", "read_status", "render_status", "sync"]
 
-# (RPC method, what it reloads). Kamailio refuses a reload while one runs; each
-# is retried a few times before the sync reports it.
-RELOADS: tuple[tuple[str, str], ...] = (
-    ("dispatcher.reload", "carriers (dispatcher)"),
-    ("permissions.addressReload", "customer IPs and blacklist (permissions)"),
+# (RPC method, parameters, what it reloads). Kamailio refuses a reload while one
+# runs; each is retried a few times before the sync reports it.
+RELOADS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("dispatcher.reload", (), "carriers (dispatcher)"),
+    ("permissions.addressReload", (), "customer IPs and blacklist (permissions)"),
+    ("htable.flush", ("src",), "customers and limits by source (cache)"),
+    ("htable.flush", ("route",), "normalisation, dialing plans and carrier order by number (cache)"),
 )
+# What a rate change makes stale: the carrier order cached per number.
+CACHE_FLUSHES: tuple[tuple[str, tuple[str, ...], str], ...] = (RELOADS[3],)
 RELOAD_ATTEMPTS = 5
 RELOAD_RETRY_S = 0.5
 
 
-async def sync(rpc: KamailioRpc) -> list[str]:
-    """Reload every in-memory table; returns what was reloaded, raises RpcError on the first failure."""
+async def sync(rpc: KamailioRpc, steps: tuple[tuple[str, tuple[str, ...], str], ...] = RELOADS) -> list[str]:
+    """Reload the in-memory tables and empty the caches; returns what was done, raises RpcError on the first failure."""
     done = []
-    for method, what in RELOADS:
+    for method, params, what in steps:
         for attempt in range(1, RELOAD_ATTEMPTS + 1):
             try:
-                await rpc.call(method)
+                await rpc.call(method, *params)
                 break
             except RpcError as exc:
                 if "ongoing reload" not in str(exc).lower() or attempt == RELOAD_ATTEMPTS:
@@ -41,6 +48,11 @@ async def sync(rpc: KamailioRpc) -> list[str]:
                 await asyncio.sleep(RELOAD_RETRY_S)
         done.append(what)
     return done
+
+
+async def flush_route_cache(rpc: KamailioRpc) -> list[str]:
+    """After a rate change: the cached carrier orders are recomputed on the next call."""
+    return await sync(rpc, CACHE_FLUSHES)
 
 
 @dataclasses.dataclass
