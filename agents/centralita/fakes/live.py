@@ -157,6 +157,7 @@ class FakeLive:
         record_sent: bool = False,
         leading_silence_ms: int = 200,
         backend_ms: int = 50,
+        session_seconds: float = SESSION_SECONDS,
     ) -> None:
         self.script = script or Script()
         self.host = host
@@ -170,6 +171,7 @@ class FakeLive:
         self.record_sent = record_sent
         self.leading_silence_ms = leading_silence_ms  # digital silence the model streams before it speaks
         self.backend_ms = backend_ms  # the backend's time between a function call item and its response's end
+        self.session_seconds = session_seconds  # a session is closed as expired after this long
         self.connections: list[LiveConnectionLog] = []
         self._server: Server | None = None
         self._ids = itertools.count(1)
@@ -395,7 +397,7 @@ class _Connection:
         self.session = {
             **config,
             "id": self.server.new_id("sess"),
-            "expires_at": int(time.time()) + SESSION_SECONDS,
+            "expires_at": int(time.time() + self.server.session_seconds),
             "status": "active",
             "audio": audio,
             "delegation": config.get("delegation") or {"type": "client"},
@@ -409,6 +411,11 @@ class _Connection:
                 self.greeted = True
             self.restored = True
         await self.send({"type": "session.started", "session": self.session, **self._echo(client_id)})
+        self.spawn(self._expire())
+
+    async def _expire(self) -> None:
+        await asyncio.sleep(self.server.session_seconds)
+        await self._end_session("expired")
 
     @staticmethod
     def _echo(client_id: str | None) -> dict[str, str]:
@@ -442,18 +449,14 @@ class _Connection:
         await self.send({"type": ack, **self._echo(event.get("event_id"))})
 
     async def _close(self, event: dict[str, Any]) -> None:
+        await self._end_session("close_requested", event.get("event_id"))
+
+    async def _end_session(self, reason: str, client_id: str | None = None) -> None:
         assert self.session is not None
         if self.reply is not None:
             self.reply.cancel()
-        await self.send(
-            {
-                "type": "session.closed",
-                "reason": "close_requested",
-                "session": self.session,
-                "usage": self._usage(),
-                **self._echo(event.get("event_id")),
-            }
-        )
+        closed = {"type": "session.closed", "reason": reason, "session": self.session, "usage": self._usage()}
+        await self.send({**closed, **self._echo(client_id)})
         await self.ws.close(1000, "session closed")
 
     def _usage(self) -> dict[str, float]:

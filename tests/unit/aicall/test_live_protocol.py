@@ -390,3 +390,21 @@ def test_a_session_start_the_service_refuses_or_never_answers_is_model_unavailab
     refused, unanswered = run(scenario())
     assert refused.startswith("live session refused: invalid_value") and "parameters" in refused
     assert "did not start" in unanswered
+
+
+def test_an_expired_session_ends_with_its_reason_and_final_usage() -> None:
+    async def scenario() -> tuple[list[ModelEvent], FakeLive]:
+        async with FakeLive(Script(greeting_ms=300), record_sent=True, session_seconds=1.5) as fake:
+            model = live(fake.url)
+            await model.connect()
+            await model.respond()
+            events = [event async for event in model.events()]
+            await model.close()
+            return events, fake
+
+    events, fake = run(scenario())
+    assert isinstance(events[-1], Disconnected) and events[-1].reason == "session closed (expired)"
+    assert [e.status for e in events if isinstance(e, ResponseDone)] == ["completed"], "the greeting came first"
+    closed = fake.connections[0].sent[-1]
+    assert closed["type"] == "session.closed" and closed["usage"]["seconds"] > 0
+    assert_clean(fake.connections[0])
