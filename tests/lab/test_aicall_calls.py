@@ -12,6 +12,7 @@ call's record in MariaDB, and through ARI that no channel or bridge was left beh
 from __future__ import annotations
 
 import json
+import os
 import random
 import shlex
 import threading
@@ -115,6 +116,54 @@ class AiLine:
         self.script()
         self.router()
 
+    def agent_pacing(self, call_uid: str, since: float) -> str:
+        """The agent's own account of the frames it sent toward Asterisk for one call (its journal)."""
+        journal = self.vm_exec(
+            f"journalctl -u centralita-aicall --since=@{int(since) - 1} -o cat | grep -F {shlex.quote(call_uid)}",
+            check=False,
+        )
+        lines = [line for line in journal.splitlines() if "media sent" in line]
+        assert lines, f"the agent logged no pacing summary for call {call_uid}"
+        return lines[-1]
+
+
+class StealClock:
+    """The hypervisor's steal time per CPU of the lab host, sampled every 5 ms while a call runs.
+
+    The lab's machines are containers on one host, and that host may itself be a virtual
+    machine: when its hypervisor runs something else on a virtual CPU, every process queued
+    there stops for that long, Asterisk relaying the call included. The kernel counts that
+    time per CPU as "steal" in /proc/stat. A gap toward the caller is a defect of the system
+    unless the host measurably lost its CPU at that very moment.
+    """
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, list[int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="steal-clock", daemon=True)
+        self._tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> StealClock:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            with open("/proc/stat", encoding="ascii") as stat:
+                cpus = [line.split() for line in stat if line.startswith("cpu") and not line.startswith("cpu ")]
+            self.samples.append((time.time(), [int(fields[8]) for fields in cpus]))
+
+    def stolen_ms(self, start: float, end: float) -> float:
+        """The most steal time one CPU was charged between ``start`` and ``end`` (wall clock)."""
+        inside = [counts for at, counts in self.samples if start <= at <= end]
+        if len(inside) < 2:
+            return 0.0
+        return max(last - first for first, last in zip(inside[0], inside[-1], strict=True)) * self._tick_ms
+
 
 @pytest.fixture
 def line(lab, vm_exec, add_peer) -> Iterator[AiLine]:
@@ -183,11 +232,6 @@ def test_the_callers_speech_reaches_the_model_and_the_reply_reaches_the_caller(l
     line.assert_clean()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect: in the full lab run on a 2-core host one gap of 97 ms toward the caller was measured "
-    "15 s into the tool call (the aicall unit already runs SCHED_RR); the 60 ms bound stands",
-)
 def test_a_25_second_tool_call_keeps_rtp_and_the_keepalive_flowing(line: AiLine) -> None:
     # ping_customer: 10 echoes at one a second, after 15 s of a slow router: 25 s in all
     line.router(delays={"api/ping": 15})
@@ -198,7 +242,8 @@ def test_a_25_second_tool_call_keeps_rtp_and_the_keepalive_flowing(line: AiLine)
                 "arguments": {"pppoe_user": "ana.gomez", "count": 10},
                 "after_tool": "Su equipo responde bien.", "after_tool_ms": 2000}],
     )  # fmt: skip
-    result, caller, since = line.call([Utterance(2.0, "Mi equipo responde")], hangup_after=36)
+    with StealClock() as steal:
+        result, caller, since = line.call([Utterance(2.0, "Mi equipo responde")], hangup_after=36)
     spoken_end = result.speech[0][1]
 
     record = line.record(caller, since)
@@ -208,8 +253,15 @@ def test_a_25_second_tool_call_keeps_rtp_and_the_keepalive_flowing(line: AiLine)
     assert int(tool["duration_ms"]) >= 24000
     waited_until = spoken_end + int(tool["duration_ms"]) / 1000
 
-    worst = result.worst_gap_between(spoken_end, 35.5)
-    assert worst <= MAX_GAP_MS, f"RTP toward the caller stopped for {worst} ms: {result.gaps}"
+    pacing = line.agent_pacing(record["call_uid"], since)
+    assert result.answered_wall is not None
+    long_gaps = [(at, gap) for at, gap in result.gaps if spoken_end <= at <= 35.5 and gap > MAX_GAP_MS]
+    stolen = [
+        (at, gap, steal.stolen_ms(result.answered_wall + at - gap / 1000 - 0.02, result.answered_wall + at + 0.05))
+        for at, gap in long_gaps
+    ]
+    unexplained = [(at, gap) for at, gap, ms in stolen if ms < 20]
+    assert not unexplained, f"RTP toward the caller stopped for over {MAX_GAP_MS} ms at {unexplained}; agent: {pacing}"
     assert result.packets_received >= 45 * (result.duration - 1)
     silence = longest_silence(result, spoken_end + 1, waited_until)
     assert silence < MAX_DEAD_AIR_S, f"{silence:.1f} s of dead air while the tool ran: {result.windows}"
@@ -222,6 +274,11 @@ def test_a_25_second_tool_call_keeps_rtp_and_the_keepalive_flowing(line: AiLine)
     assert conn["close_code"] == 1000 and conn["errors"] == []
     assert record["end_reason"] == "caller_hangup"
     line.assert_clean()
+    if stolen:  # everything else held; only the host's own CPU outage is left to report
+        pytest.xfail(
+            f"gaps toward the caller (s after answer, ms, ms of CPU the host's hypervisor took meanwhile): {stolen}; "
+            f"agent: {pacing}"
+        )
 
 
 def test_the_caller_speaking_over_the_assistant_cuts_the_reply_at_what_was_heard(line: AiLine) -> None:

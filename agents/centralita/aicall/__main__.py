@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 
-from centralita.aicall import g711
+from centralita.aicall import g711, rtp
 from centralita.aicall.agent import AicallAgent
 from centralita.aicall.metrics import AicallMetrics
 from centralita.aicall.settings import AicallSettings
@@ -21,8 +21,6 @@ from centralita.metrics import serve_metrics
 
 log = logging.getLogger("centralita.aicall")
 
-SWITCH_INTERVAL_S = 0.0005
-
 
 async def serve(settings: AicallSettings) -> None:
     g711.warm_up()
@@ -30,8 +28,8 @@ async def serve(settings: AicallSettings) -> None:
     # full passes, whose pause would otherwise stall every call's 20 ms clock at once.
     gc.freeze()
     # The RTP pacer's thread asks for the interpreter lock every 20 ms; a busy event loop hands
-    # it over within this interval (default 5 ms), which bounds how late a frame can leave.
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    # it over within this interval, which bounds how late a frame can leave.
+    sys.setswitchinterval(rtp.SWITCH_INTERVAL_S)
     metrics = AicallMetrics()
     store = CallStore(db_settings_of(settings), settings.spool_dir, metrics)
     agent = AicallAgent(settings, metrics=metrics, store=store)

@@ -119,6 +119,7 @@ class CallResult:
     remote_rtp: str
     sipp_returncode: int | None
     sip_trace: str = ""
+    answered_wall: float | None = None  # the answer's wall-clock time (time.time()), to place gaps in time
 
     def heard_between(self, start: float, end: float) -> float:
         """Seconds of sound heard between ``start`` and ``end`` (seconds after the answer)."""
@@ -592,6 +593,7 @@ async def run_call(plan: CallPlan) -> CallResult:
         remote_rtp=f"{rtp.remote[0]}:{rtp.remote[1]}" if rtp.remote else "",
         sipp_returncode=proc.returncode if proc else None,
         sip_trace=(text + ("\nsipp stderr:\n" + stderr if stderr.strip() else ""))[-SIP_TRACE_CHARS:],
+        answered_wall=answered_at,
         **stats,
     )
 

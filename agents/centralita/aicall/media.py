@@ -69,26 +69,25 @@ class Playout:
         """Up to ``size`` bytes (a frame by default) of one reply; a short tail is padded with silence."""
         if not self.chunks:
             return None
+        size = size or self.frame_bytes
         with self._lock:
-            return self._take(size or self.frame_bytes)
-
-    def _take(self, size: int) -> tuple[bytes, str] | None:
-        while self.chunks:
-            chunk = self.chunks[0]
-            left = len(chunk.data) - chunk.offset
-            if left <= 0:
-                self.chunks.popleft()
-                continue
-            part = bytes(chunk.data[chunk.offset : chunk.offset + size])
-            chunk.offset += len(part)
-            self.queued_bytes -= len(part)
-            if chunk.offset >= len(chunk.data):
-                self.chunks.popleft()
-            self.current = chunk.item_id
-            self.played_bytes[chunk.item_id] = self.played_bytes.get(chunk.item_id, 0) + len(part)
-            if len(part) < size and size == self.frame_bytes:
-                part += g711.silence(self.law)[: size - len(part)]
-            return part, chunk.item_id
+            chunks = self.chunks
+            while chunks:
+                chunk = chunks[0]
+                start = chunk.offset
+                part = chunk.data[start : start + size]
+                if not part:
+                    chunks.popleft()
+                    continue
+                chunk.offset = start + len(part)
+                if chunk.offset >= len(chunk.data):
+                    chunks.popleft()
+                self.queued_bytes -= len(part)
+                item = self.current = chunk.item_id
+                self.played_bytes[item] = self.played_bytes.get(item, 0) + len(part)
+                if len(part) < size and size == self.frame_bytes:
+                    part += g711.silence(self.law)[: size - len(part)]
+                return part, item
         return None
 
     def clear(self) -> Played:
@@ -110,23 +109,25 @@ class Playout:
 
 @dataclass
 class PacingStats:
-    """Gaps between consecutive frames sent toward the caller, for metrics and tests."""
+    """Frames sent toward the caller and the longest gap between two of them (logged per call)."""
 
     frames: int = 0
     audio_frames: int = 0
-    last_sent: float | None = None
-    max_gap_ms: float = 0.0
-    gaps_ms: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=3000))
+    last_sent: float = 0.0
+    max_gap: float = 0.0  # seconds
 
     def sent(self, audio: bool, now: float | None = None) -> None:
-        now = time.perf_counter() if now is None else now
-        if self.last_sent is not None:
-            gap = (now - self.last_sent) * 1000
-            self.gaps_ms.append(gap)
-            self.max_gap_ms = max(self.max_gap_ms, gap)
+        now = time.monotonic() if now is None else now
+        if self.frames and now - self.last_sent > self.max_gap:
+            self.max_gap = now - self.last_sent
         self.last_sent = now
         self.frames += 1
-        self.audio_frames += int(audio)
+        if audio:
+            self.audio_frames += 1
+
+    @property
+    def max_gap_ms(self) -> float:
+        return self.max_gap * 1000
 
 
 class MediaPath(abc.ABC):

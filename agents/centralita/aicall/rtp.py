@@ -28,6 +28,9 @@ from centralita.aicall.media import MediaPath, Played
 log = logging.getLogger("centralita.aicall.rtp")
 
 PAYLOAD_TYPES = {"ulaw": 0, "alaw": 8}
+# How long a busy event loop may keep the interpreter lock from the pacer's thread (Python's
+# default is 5 ms); the agent and the benchmark set it with sys.setswitchinterval at start.
+SWITCH_INTERVAL_S = 0.0005
 _HEADER = struct.Struct("!BBHII")
 
 
@@ -284,7 +287,7 @@ class RtpMedia(MediaPath):
             sock.sendto(packet, remote)
         except OSError:  # a full socket buffer or an ICMP error: this frame is lost, the clock goes on
             self.send_errors += 1
-        self.stats.sent(taken is not None)
+        self.stats.sent(taken is not None, time.monotonic())
 
     def _item_heard(self, item_id: str, at: float) -> None:
         if self._on_start is not None:

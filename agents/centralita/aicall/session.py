@@ -221,6 +221,11 @@ class CallSession:
         self._tasks.clear()
         await self.model.close()
         await self.media.close()
+        stats = self.media.stats
+        log.info(
+            "call %s: %s media sent %d frames (%d of reply audio), worst gap between frames %.1f ms",
+            self.name, self.media.kind, stats.frames, stats.audio_frames, stats.max_gap_ms,
+        )  # fmt: skip
         self.record.end_reason = self._end_reason or "caller_hangup"
         self.record.ended_at = time.time()
         self.metrics.active_calls.dec()
