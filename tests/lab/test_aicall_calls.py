@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import pytest
 from centralita.aicall.labcall import CallPlan, CallResult, Utterance, place_call, stand_in_request, wait_for_record
+from centralita.aicall.record import heard_text
 
 DID = "3241000752"  # inventory/lab: asterisk_trunk.dids
 PBX_PORT = 5080  # inventory/lab: asterisk_sip_port
@@ -282,12 +283,12 @@ def test_a_25_second_tool_call_keeps_rtp_and_the_keepalive_flowing(line: AiLine)
 
 
 def test_the_caller_speaking_over_the_assistant_cuts_the_reply_at_what_was_heard(line: AiLine) -> None:
+    long_reply = "Le explico con calma todos los pasos que vamos a seguir hoy."
     line.script(
         greeting="Hola.",
         greeting_ms=1000,
         turns=[
-            {"transcript": "Tengo una falla", "reply": "Le explico con calma todos los pasos que vamos a seguir hoy.",
-             "reply_ms": 8000},
+            {"transcript": "Tengo una falla", "reply": long_reply, "reply_ms": 8000},
             {"transcript": "Perdone una pregunta", "reply": "Dígame.", "reply_ms": 1500},
         ],
     )  # fmt: skip
@@ -307,6 +308,10 @@ def test_the_caller_speaking_over_the_assistant_cuts_the_reply_at_what_was_heard
     record = line.record(caller, since)
     interrupted = [t for t in record["turns"] if t["interrupted"] == "1"]
     assert len(interrupted) == 1 and int(interrupted[0]["played_ms"]) == played_ms
+    # the transcript keeps the words of the long reply the caller heard, not the whole reply
+    heard_words = heard_text(long_reply, played_ms, 8000)
+    assert heard_words and heard_words != long_reply
+    assert texts(record, "assistant") == ["Hola.", heard_words, "Dígame."]
     line.assert_clean()
 
 

@@ -72,6 +72,25 @@ class RtpPacket:
         return cls(second & 0x7F, sequence, timestamp, ssrc, bytes(data[offset:end]), bool(second & 0x80))
 
 
+def _step_below_the_pacer() -> None:
+    """Under a real-time policy, put the calling (event loop) thread one priority below the pacer.
+
+    The pacer's thread inherits the unit's real-time priority (``CPUSchedulingPolicy=rr``). Two
+    threads of equal real-time priority never preempt each other on one CPU, so a busy event
+    loop would keep a due frame waiting until it blocked or its 100 ms time slice ended. One
+    step down is always allowed (lowering a priority needs no privilege), and it still keeps
+    the loop above every normal process of the host.
+    """
+    try:
+        policy = os.sched_getscheduler(0)
+        priority = os.sched_getparam(0).sched_priority
+        if policy in (os.SCHED_RR, os.SCHED_FIFO) and priority > os.sched_get_priority_min(policy):
+            os.sched_setparam(0, os.sched_param(priority - 1))
+            log.info("rtp pacer: real-time priority %d, the event loop %d", priority, priority - 1)
+    except (AttributeError, OSError) as exc:  # not Linux, or refused: the pacer still runs, at equal priority
+        log.warning("rtp pacer: cannot put the event loop below the pacer: %s", exc)
+
+
 class Pacer:
     """One clock for every RTP stream of the process: a thread that sends every due frame each 20 ms.
 
@@ -109,6 +128,7 @@ class Pacer:
             self._stop = False
             self._thread = threading.Thread(target=self._run, name="rtp-pacer", daemon=True)
             self._thread.start()
+            _step_below_the_pacer()
         self._wake.set()
 
     def remove(self, stream: RtpMedia) -> None:
