@@ -69,7 +69,12 @@ def test_sync_makes_a_new_carrier_routable_and_status_shows_it(sbc_world, rpc_ur
 
     done = asyncio.run(sync(KamailioRpc(rpc_url)))
 
-    assert done == ["carriers (dispatcher)", "customer IPs and blacklist (permissions)"]
+    assert done == [
+        "carriers (dispatcher)",
+        "customer IPs and blacklist (permissions)",
+        "customers and limits by source (cache)",
+        "normalisation, dialing plans and carrier order by number (cache)",
+    ]
     status = asyncio.run(read_status(KamailioRpc(rpc_url), {}))
     assert any(row["carrier_id"] == carrier and car_ip in row["uri"] for row in status.carriers)
 
