@@ -1,0 +1,97 @@
+#!/usr/bin/python3
+"""Several small files (units, env files) written in one module run.
+
+Each file is compared with what is on disk (content, owner, group, mode) and
+replaced atomically only when something differs; the result names the files
+that changed, so handlers can act on exactly those. Contents are rendered on
+the controller (template lookups) and may hold secrets: they are never logged.
+"""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: centralita_files
+short_description: Write several small files in one run, reporting which changed
+options:
+  files:
+    description: List of {key, dest, content, owner, group, mode}; C(key) names the file in the result.
+    type: list
+    elements: dict
+    required: true
+"""
+
+import grp
+import os
+import pwd
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def _wanted(module: AnsibleModule, spec: dict) -> tuple[str, bytes, int, int, int]:
+    for key in ("key", "dest", "content", "owner", "group", "mode"):
+        if key not in spec:
+            module.fail_json(msg="files: an entry has no %s (keys: %s)" % (key, ", ".join(sorted(spec))))
+    dest = spec["dest"]
+    if not os.path.isabs(dest):
+        module.fail_json(msg="files: %s: the destination must be an absolute path" % dest)
+    try:
+        uid = pwd.getpwnam(spec["owner"]).pw_uid
+        gid = grp.getgrnam(spec["group"]).gr_gid
+    except KeyError as exc:
+        module.fail_json(msg="files: %s: unknown owner or group %s" % (dest, exc))
+    try:
+        mode = int(str(spec["mode"]), 8)
+    except ValueError:
+        module.fail_json(msg="files: %s: mode %r is not octal" % (dest, spec["mode"]))
+    return dest, str(spec["content"]).encode("utf-8"), uid, gid, mode
+
+
+def _differs(dest: str, content: bytes, uid: int, gid: int, mode: int) -> bool:
+    try:
+        status = os.stat(dest)
+        with open(dest, "rb") as handle:
+            current = handle.read()
+    except FileNotFoundError:
+        return True
+    return current != content or status.st_uid != uid or status.st_gid != gid or (status.st_mode & 0o7777) != mode
+
+
+def _write(dest: str, content: bytes, uid: int, gid: int, mode: int) -> None:
+    directory = os.path.dirname(dest)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".centralita-")
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={"files": {"type": "list", "elements": "dict", "required": True, "no_log": True}},
+        supports_check_mode=True,
+    )
+    changed = []
+    for spec in module.params["files"]:
+        dest, content, uid, gid, mode = _wanted(module, spec)
+        if not _differs(dest, content, uid, gid, mode):
+            continue
+        changed.append(spec["key"])
+        if not module.check_mode:
+            try:
+                _write(dest, content, uid, gid, mode)
+            except OSError as exc:
+                module.fail_json(msg="cannot write %s: %s" % (dest, exc), changed_keys=changed[:-1])
+    module.exit_json(changed=bool(changed), changed_keys=changed)
+
+
+if __name__ == "__main__":
+    main()
