@@ -119,6 +119,7 @@ class Pacer:
         self.late_ticks = 0
         self.worst_late_ms = 0.0
         self.lateness: list[float] | None = None  # seconds each frame left after its due time (benchmark only)
+        self.passes: list[tuple[float, float]] | None = None  # per pass: started after due, lasted (s; same)
 
     def add(self, stream: RtpMedia) -> None:
         self._loop = asyncio.get_running_loop()
@@ -170,6 +171,7 @@ class Pacer:
 
     def _pass(self, due: float) -> None:
         lateness = self.lateness
+        started = time.monotonic()
         with self._lock:
             for key, stream in list(self._streams.items()):
                 try:
@@ -179,6 +181,8 @@ class Pacer:
                     self._streams.pop(key, None)
                 if lateness is not None:
                     lateness.append(time.monotonic() - due)
+        if self.passes is not None:
+            self.passes.append((started - due, time.monotonic() - started))
 
     async def close(self) -> None:
         with self._lock:
