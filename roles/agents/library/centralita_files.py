@@ -4,7 +4,8 @@
 Each file is compared with what is on disk (content, owner, group, mode) and
 replaced atomically only when something differs; the result names the files
 that changed, so handlers can act on exactly those. Contents are rendered on
-the controller (template lookups) and may hold secrets: they are never logged.
+the controller (template lookups); a task whose files hold secrets sets
+``no_log: true``.
 """
 
 from __future__ import annotations
@@ -76,7 +77,10 @@ def _write(dest: str, content: bytes, uid: int, gid: int, mode: int) -> None:
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={"files": {"type": "list", "elements": "dict", "required": True, "no_log": True}},
+        # Not no_log here: Ansible would then mask every returned string equal to any
+        # value of ``files`` (the keys among them). Tasks that write secrets set
+        # ``no_log: true`` themselves, which keeps the arguments out of every log.
+        argument_spec={"files": {"type": "list", "elements": "dict", "required": True}},
         supports_check_mode=True,
     )
     changed = []
