@@ -1,0 +1,66 @@
+"""``centralita_files`` (roles/agents/library), run as Ansible runs it: several files in
+one module run, replaced only when content, owner, group or mode differ, and the
+result naming exactly the files that changed (handlers act on those names)."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+MODULE = Path(__file__).resolve().parents[2] / "roles" / "agents" / "library" / "centralita_files.py"
+OWNER = pwd.getpwuid(os.getuid()).pw_name
+GROUP = grp.getgrgid(os.getgid()).gr_name
+
+
+def run(files: list[dict], tmp_path: Path, check_mode: bool = False) -> dict:
+    args: dict = {"files": files}
+    if check_mode:
+        args["_ansible_check_mode"] = True
+    path = tmp_path / f"args-{secrets.token_hex(4)}.json"
+    path.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
+    done = subprocess.run([sys.executable, str(MODULE), str(path)], capture_output=True, text=True, timeout=60)
+    return json.loads(done.stdout)
+
+
+def spec(tmp_path: Path, key: str, content: str, mode: str = "0600") -> dict:
+    return {"key": key, "dest": str(tmp_path / key), "content": content, "owner": OWNER, "group": GROUP, "mode": mode}
+
+
+def test_writes_only_what_differs_and_names_it(tmp_path):
+    files = [spec(tmp_path, "aicall.env", "A='1'\n"), spec(tmp_path, "worker.env", "W='secret'\n", "0640")]
+    assert run(files, tmp_path)["changed_keys"] == ["aicall.env", "worker.env"]
+    assert (tmp_path / "worker.env").read_text() == "W='secret'\n"
+    assert (tmp_path / "worker.env").stat().st_mode & 0o7777 == 0o640
+    assert run(files, tmp_path) == {**run(files, tmp_path), "changed": False, "changed_keys": []}
+
+    (tmp_path / "aicall.env").chmod(0o644)
+    files[1]["content"] = "W='other'\n"
+    result = run(files, tmp_path)
+    assert result["changed"] is True
+    assert result["changed_keys"] == ["aicall.env", "worker.env"]
+    assert (tmp_path / "aicall.env").stat().st_mode & 0o7777 == 0o600
+
+
+def test_check_mode_reports_without_writing(tmp_path):
+    result = run([spec(tmp_path, "panel.env", "P='1'\n")], tmp_path, check_mode=True)
+    assert result["changed_keys"] == ["panel.env"]
+    assert not (tmp_path / "panel.env").exists()
+
+
+def test_bad_entries_are_refused_naming_the_file(tmp_path):
+    relative = {**spec(tmp_path, "x.env", ""), "dest": "x.env"}
+    assert "must be an absolute path" in run([relative], tmp_path)["msg"]
+    unknown = {**spec(tmp_path, "y.env", ""), "owner": "no-such-user-here"}
+    result = run([unknown], tmp_path)
+    assert result["failed"] is True
+    assert "y.env" in result["msg"]
+    assert "no-such-user-here" in result["msg"]
+    missing = spec(tmp_path, "z.env", "")
+    del missing["mode"]
+    assert "no mode" in run([missing], tmp_path)["msg"]
