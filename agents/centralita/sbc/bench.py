@@ -34,8 +34,9 @@ SBC_PORT = 5060
 MINIMAL_PORT = 5062
 NUMBER = "573001234567"
 CDR_WAIT_S = 60
-# CPU ticks of the VM as a whole (busy, all) and of Kamailio's and MariaDB's
-# processes (user + system), from /proc: where a step's time went.
+# CPU ticks of the machine as the lab VM sees it (busy, all: a container VM sees
+# the host's CPUs, other work on the host included) and of Kamailio's and
+# MariaDB's processes (user + system), from /proc: where a step's time went.
 CPU_SAMPLE = (
     "awk '/^cpu /{print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat;"
     " for name in kamailio mariadbd; do t=0; for p in $(pgrep -x $name); do"
@@ -141,11 +142,15 @@ class BenchOptions:
     hold_s: int = 60
     uacs: int = 2
     pdd_calls: int = 2000
+    # the ladders of each configuration (None: ``rates``; empty: skipped)
+    full_rates: list[int] | None = None
+    minimal_rates: list[int] | None = None
 
 
 @dataclasses.dataclass
 class CpuUse:
-    """Share of one CPU used during a step: the VM's busy time, Kamailio, MariaDB, SIPp on the host."""
+    """CPU use during a step: the machine's CPUs busy (all work on them), then Kamailio, MariaDB and SIPp
+    in shares of one CPU."""
 
     vm_busy: float = 0.0
     vm_cpus: int = 0
@@ -155,7 +160,7 @@ class CpuUse:
 
     def text(self) -> str:
         return (
-            f"VM busy {self.vm_busy:.0%} of {self.vm_cpus} CPU, kamailio {self.kamailio:.0%}, "
+            f"{self.vm_cpus} CPUs {self.vm_busy:.0%} busy, kamailio {self.kamailio:.0%}, "
             f"mariadb {self.mariadb:.0%}, SIPp (host) {self.sipp:.0%} of one CPU"
         )
 
@@ -365,9 +370,9 @@ class Bench:
                 time.sleep(2)
         return StepResult(rate, calls, ok, failed, cdrs, cpu)
 
-    def ladder(self, port: int, count_cdrs: bool, label: str) -> int:
+    def ladder(self, port: int, count_cdrs: bool, label: str, rates: list[int]) -> int:
         best = 0
-        for rate in self.o.rates:
+        for rate in rates:
             result = self.step(rate, port, count_cdrs)
             cdr_text = f", {result.cdrs} CDRs" if result.cdrs is not None else ""
             verdict = "sustained" if result.sustained else "NOT sustained"
@@ -421,8 +426,10 @@ def run_bench(options: BenchOptions) -> int:
         bench.setup()
         direct = bench.pdd(None)
         via_sbc = bench.pdd(SBC_PORT)
-        full = bench.ladder(SBC_PORT, True, "full SBC")
-        minimal = bench.ladder(MINIMAL_PORT, False, "minimal")
+        full_rates = options.rates if options.full_rates is None else options.full_rates
+        minimal_rates = options.rates if options.minimal_rates is None else options.minimal_rates
+        full = bench.ladder(SBC_PORT, True, "full SBC", full_rates)
+        minimal = bench.ladder(MINIMAL_PORT, False, "minimal", minimal_rates)
     finally:
         bench.teardown()
     added_p50 = _pct(via_sbc, 0.5) - _pct(direct, 0.5)

@@ -59,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hold-s", type=int, default=60, help="seconds each rate must be sustained (default 60)")
     p.add_argument("--uacs", type=int, default=2, help="SIPp UAC processes sharing the load")
     p.add_argument("--pdd-calls", type=int, default=2000, help="calls measured for the added PDD")
+    p.add_argument("--full-rates", help="rates for the full SBC only (default --rates; '' skips it)")
+    p.add_argument("--minimal-rates", help="rates for the minimal configuration only (default --rates; '' skips it)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -159,7 +161,10 @@ def cmd_rates_import(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from centralita.sbc.bench import BenchOptions, run_bench
 
-    rates = [int(r) for r in args.rates.split(",") if r.strip()]
+    def parse(text: str | None) -> list[int] | None:
+        return None if text is None else [int(r) for r in text.split(",") if r.strip()]
+
+    rates = parse(args.rates) or []
     options = BenchOptions(
         lab_name=args.lab_name,
         lab_index=args.lab_index,
@@ -167,5 +172,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         hold_s=args.hold_s,
         uacs=args.uacs,
         pdd_calls=args.pdd_calls,
+        full_rates=parse(args.full_rates),
+        minimal_rates=parse(args.minimal_rates),
     )
     return run_bench(options)
