@@ -148,6 +148,11 @@ class Pacer:
     def streams(self) -> int:
         return len(self._phase_of)
 
+    @property
+    def phase_sizes(self) -> list[int]:
+        """How many calls each pass of the 20 ms period sends."""
+        return [len(streams) for streams in self._phases]
+
     def call_soon(self, callback: Callable[..., object], *args: object) -> None:
         """Run ``callback(*args)`` on the event loop (the pacer's thread must not touch the calls)."""
         loop = self._loop

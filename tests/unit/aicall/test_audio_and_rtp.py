@@ -130,3 +130,39 @@ def test_rtp_media_learns_the_peer_and_delivers_the_callers_audio() -> None:
     loud_frames, remote, peer_address = asyncio.run(scenario())
     assert loud_frames == 10
     assert remote == peer_address
+
+
+def test_the_pacer_spreads_calls_over_its_passes_and_keeps_each_call_in_one() -> None:
+    async def scenario() -> tuple[list[int], list[int], list[int], list[list[int]]]:
+        pacer = Pacer(phases=4)
+        peers, medias = [], []
+        for index in range(9):
+            media = RtpMedia("ulaw", pacer, name=f"call-{index}")
+            await media.start()
+            peer = RtpPeer()
+            media.set_remote(*await peer.start(media.local))
+            peers.append(peer)
+            medias.append(media)
+        spread = pacer.phase_sizes
+        await medias[0].close()
+        await medias[4].close()  # both from the first pass: calls 0, 4 and 8 shared it
+        after_hangups = pacer.phase_sizes
+        newcomer = RtpMedia("ulaw", pacer, name="call-9")
+        await newcomer.start()
+        refilled = pacer.phase_sizes
+        await asyncio.sleep(0.5)
+        for media in [*medias, newcomer]:
+            await media.close()
+        await pacer.close()
+        for peer in peers:
+            await peer.close()
+        sequences = [[a.packet.sequence for a in peer.arrivals] for peer in peers]
+        return spread, after_hangups, refilled, sequences
+
+    spread, after_hangups, refilled, sequences = asyncio.run(scenario())
+    assert spread == [3, 2, 2, 2], "nine calls over four passes, the first pass taking the ninth"
+    assert after_hangups == [1, 2, 2, 2]
+    assert refilled == [2, 2, 2, 2], "a new call joins the least busy pass"
+    for received in sequences[1:4] + sequences[5:]:  # calls still up for the whole half second
+        assert len(received) >= 10
+        assert all((b - a) % 65536 == 1 for a, b in itertools.pairwise(received)), "no frame lost or repeated"
