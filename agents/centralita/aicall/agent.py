@@ -19,8 +19,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from centralita.aicall.media import MediaPath
 from centralita.aicall.metrics import AicallMetrics
-from centralita.aicall.provider import SessionConfig
-from centralita.aicall.realtime import RealtimeSession
+from centralita.aicall.provider import SessionConfig, open_model_session
 from centralita.aicall.record import CallRecord
 from centralita.aicall.rtp import Pacer, RtpMedia
 from centralita.aicall.session import CallPolicy, CallSession, call_tools
@@ -211,7 +210,7 @@ class AicallAgent:
             (channel.get("dialplan") or {}).get("exten", ""),
             channel_name=channel.get("name", ""),
             media_kind=self.settings.media,
-            model=self.settings.realtime_model,
+            model=self.settings.model_id,
         )
         bridge_id = channel_id + BRIDGE_SUFFIX
         if len(self.sessions) >= self.settings.max_calls:
@@ -226,14 +225,7 @@ class AicallAgent:
             media = await self._open_media(channel_id)
             await self.ari.add_to_bridge(bridge_id, channel_id, channel_id + MEDIA_SUFFIX)
             record.recording_path = await self.ari.get_variable(channel_id, "MIXMONITOR_FILENAME")
-            model = RealtimeSession(
-                url=self.settings.realtime_url,
-                model=self.settings.realtime_model,
-                api_key=self.settings.openai_api_key,
-                config=self.config,
-                connect_timeout=self.settings.connect_timeout_seconds,
-                name=channel_id,
-            )
+            model = open_model_session(self.settings, self.config, name=channel_id)
             session = CallSession(
                 record=record,
                 media=media,

@@ -3,7 +3,9 @@
 A UDP socket on 127.0.0.1 plays the caller: it sends the caller's speech as paced
 RTP (a tone for speech, digital silence otherwise) and records every packet the
 agent sends back with its arrival time, so tests measure what a caller would hear:
-frame gaps, non-silent audio, and when it started and stopped.
+frame gaps, non-silent audio, and when it started and stopped. Arrival times are
+the kernel's receive timestamps (SO_TIMESTAMPNS), so a pause of the test's own
+event loop does not show up as a gap or a burst in what the agent sent.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import socket
+import struct
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -22,6 +26,8 @@ from openai.types.realtime.realtime_client_event import RealtimeClientEvent
 from openai.types.realtime.realtime_server_event import RealtimeServerEvent
 from pydantic import TypeAdapter
 
+# Linux's SO_TIMESTAMPNS (Python's socket module names it only from 3.14 on).
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 SERVER_EVENTS = TypeAdapter(RealtimeServerEvent)
 CLIENT_EVENTS = TypeAdapter(RealtimeClientEvent)
 
@@ -51,24 +57,39 @@ class Arrival:
 
 
 @dataclass
-class RtpPeer(asyncio.DatagramProtocol):
+class RtpPeer:
     law: str = "ulaw"
     arrivals: list[Arrival] = field(default_factory=list)
-    transport: asyncio.DatagramTransport | None = None
+    sock: socket.socket | None = None
     agent: tuple[str, int] | None = None
     _sender: asyncio.Task[None] | None = None
     _script: asyncio.Queue[tuple[bool, int]] = field(default_factory=asyncio.Queue)
     sent_loud_until: float = 0.0
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.arrivals.append(Arrival(time.perf_counter(), RtpPacket.decode(data)))
+    def _readable(self) -> None:
+        while True:
+            try:
+                data, ancillary, _flags, _addr = self.sock.recvmsg(2048, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            # The kernel's receive time (CLOCK_REALTIME) moved onto perf_counter's clock.
+            age = 0.0
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    seconds, nanoseconds = struct.unpack("qq", value[:16])
+                    age = max(0.0, time.time() - (seconds + nanoseconds / 1e9))
+            self.arrivals.append(Arrival(time.perf_counter() - age, RtpPacket.decode(data)))
 
     async def start(self, agent: tuple[str, int]) -> tuple[str, int]:
         self.agent = agent
         loop = asyncio.get_running_loop()
-        self.transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=("127.0.0.1", 0))
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.sock.setblocking(False)
+        self.sock.bind(("127.0.0.1", 0))
+        loop.add_reader(self.sock.fileno(), self._readable)
         self._sender = loop.create_task(self._send_loop())
-        return self.transport.get_extra_info("sockname")[:2]
+        return self.sock.getsockname()[:2]
 
     def say(self, ms: int) -> None:
         """The caller speaks for ``ms`` milliseconds (then silence again)."""
@@ -87,7 +108,8 @@ class RtpPeer(asyncio.DatagramProtocol):
             if len(frame) < 160:
                 frame += silence[: 160 - len(frame)]
             packet = RtpPacket(PAYLOAD_TYPES[self.law], sequence, timestamp, 0x1234, frame)
-            self.transport.sendto(packet.encode(), self.agent)
+            with contextlib.suppress(BlockingIOError):
+                self.sock.sendto(packet.encode(), self.agent)
             sequence, timestamp = sequence + 1, timestamp + 160
             due += 0.02
             await asyncio.sleep(max(0.0, due - loop.time()))
@@ -97,8 +119,9 @@ class RtpPeer(asyncio.DatagramProtocol):
             self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
-        if self.transport is not None:
-            self.transport.close()
+        if self.sock is not None:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
 
     def gaps_ms(self, since: float = 0.0, until: float = float("inf")) -> list[float]:
         times = [a.at for a in self.arrivals if since <= a.at <= until]
