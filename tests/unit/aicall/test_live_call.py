@@ -86,6 +86,11 @@ def spoken(record: CallRecord) -> list[tuple[str, str]]:
     return [(line.role, line.text) for line in record.transcript]
 
 
+async def greeting_played(rig) -> None:
+    """Until the caller has heard the whole greeting (the transcript comes as it starts)."""
+    await wait_for(lambda: rig.media.queued_ms == 0 and rig.peer.loud_ms() >= Script().greeting_ms - 40)
+
+
 def test_a_call_with_end_call_on_the_backend_hangs_up_after_the_farewell() -> None:
     script = Script(
         turns=[
@@ -102,6 +107,7 @@ def test_a_call_with_end_call_on_the_backend_hangs_up_after_the_farewell() -> No
             call(fake.url) as rig,
         ):
             await wait_for(lambda: any(line.text.startswith("Hola") for line in rig.session.record.transcript))
+            await greeting_played(rig)  # speaking earlier would be a barge-in
             rig.peer.say(600)
             await wait_for(lambda: any(line.text == "buenas tardes" for line in rig.session.record.transcript))
             await wait_for(lambda: rig.media.queued_ms == 0)
@@ -159,6 +165,7 @@ def test_a_dropped_model_socket_is_restored_with_the_conversation() -> None:
     async def scenario() -> tuple[CallRecord, Rig, FakeLive]:
         async with FakeLive(script, api_key=KEY, require_validation=True) as fake, call(fake.url) as rig:
             await wait_for(lambda: rig.session.record.transcript)
+            await greeting_played(rig)  # speaking earlier would be a barge-in
             rig.peer.say(500)
             await wait_for(lambda: any(line.text == Script().resume for line in rig.session.record.transcript))
             await asyncio.sleep(0.3)
