@@ -746,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m centralita.fakes.live", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8767)
+    parser.add_argument("--port", type=int, default=8768)
     parser.add_argument(
         "--api-key",
         default=os.environ.get("OPENAI_API_KEY") or None,
