@@ -263,9 +263,16 @@ class Bench:
         if self.customer_id:
             self.sql(f"DELETE FROM sbc_cdrs WHERE customer_id = {self.customer_id}")
         self.sql(f"DELETE FROM customers WHERE name = '{BENCH_TAG}'; DELETE FROM carriers WHERE name = '{BENCH_TAG}'")
-        self.lab.exec(VM, "kamcmd dispatcher.reload; kamcmd permissions.addressReload", check=False)
+        # SIPp retransmissions still arriving once the bench customer is gone look like a flood from an
+        # unknown source: lift the bans they caused, or the next user of these peer addresses is refused
+        addresses = [self.lab.address(name) for name in [*self.uacs, "buas"] if name in self.lab.state.machines]
         for name in [*self.uacs, "buas"]:
             self.lab.remove_peer(name)
+        if addresses:
+            listed = ", ".join(f"'{a}'" for a in addresses)
+            self.sql(f"DELETE FROM ip_blacklist WHERE source = 'flood' AND ip_addr IN ({listed})")
+            self.lab.exec(VM, "; ".join(f"kamcmd htable.delete ipban {a}" for a in addresses), check=False)
+        self.lab.exec(VM, "kamcmd dispatcher.reload; kamcmd permissions.addressReload", check=False)
 
     # -- load ---------------------------------------------------------------------
 
