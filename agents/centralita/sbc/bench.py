@@ -270,7 +270,11 @@ class Bench:
             self.lab.remove_peer(name)
         if addresses:
             listed = ", ".join(f"'{a}'" for a in addresses)
-            self.sql(f"DELETE FROM ip_blacklist WHERE source = 'flood' AND ip_addr IN ({listed})")
+            self.sql(
+                f"DELETE FROM ip_blacklist WHERE source = 'flood' AND ip_addr IN ({listed});"
+                " DELETE FROM events WHERE type = 'security_flood_detected'"
+                f" AND JSON_VALUE(payload, '$.ip') IN ({listed})"
+            )
             self.lab.exec(VM, "; ".join(f"kamcmd htable.delete ipban {a}" for a in addresses), check=False)
         self.lab.exec(VM, "kamcmd dispatcher.reload; kamcmd permissions.addressReload", check=False)
 
