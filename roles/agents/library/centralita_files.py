@@ -15,7 +15,9 @@ module: centralita_files
 short_description: Write several small files in one run, reporting which changed
 options:
   files:
-    description: List of {key, dest, content, owner, group, mode}; C(key) names the file in the result.
+    description: >-
+      List of {key, dest, content, owner, group, mode, make_parents}; C(key) names the file in the
+      result; C(make_parents) creates missing parent directories (root, 0755).
     type: list
     elements: dict
     required: true
@@ -58,8 +60,10 @@ def _differs(dest: str, content: bytes, uid: int, gid: int, mode: int) -> bool:
     return current != content or status.st_uid != uid or status.st_gid != gid or (status.st_mode & 0o7777) != mode
 
 
-def _write(dest: str, content: bytes, uid: int, gid: int, mode: int) -> None:
+def _write(dest: str, content: bytes, uid: int, gid: int, mode: int, make_parents: bool = False) -> None:
     directory = os.path.dirname(dest)
+    if make_parents and not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o755)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".centralita-")
     try:
         os.fchown(fd, uid, gid)
@@ -91,7 +95,7 @@ def main() -> None:
         changed.append(spec["key"])
         if not module.check_mode:
             try:
-                _write(dest, content, uid, gid, mode)
+                _write(dest, content, uid, gid, mode, bool(spec.get("make_parents")))
             except OSError as exc:
                 module.fail_json(msg="cannot write %s: %s" % (dest, exc), changed_keys=changed[:-1])
     module.exit_json(changed=bool(changed), changed_keys=changed)
