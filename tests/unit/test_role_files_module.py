@@ -64,3 +64,13 @@ def test_bad_entries_are_refused_naming_the_file(tmp_path):
     missing = spec(tmp_path, "z.env", "")
     del missing["mode"]
     assert "no mode" in run([missing], tmp_path)["msg"]
+
+
+def test_missing_drop_in_directories_are_created_only_when_asked(tmp_path):
+    nested = {**spec(tmp_path, "journald", "[Journal]\n"), "dest": str(tmp_path / "journald.conf.d" / "c.conf")}
+    refused = run([nested], tmp_path)
+    assert refused["failed"] is True and "journald.conf.d" in refused["msg"]
+    created = run([{**nested, "make_parents": True}], tmp_path)
+    assert created["changed_keys"] == ["journald"]
+    assert (tmp_path / "journald.conf.d" / "c.conf").read_text() == "[Journal]\n"
+    assert (tmp_path / "journald.conf.d").stat().st_mode & 0o777 == 0o755
