@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import bisect
 import collections
 import contextlib
 import itertools
@@ -48,11 +47,9 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.protocol import State
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from centralita.aicall import g711
 from centralita.aicall.provider import (
@@ -62,7 +59,6 @@ from centralita.aicall.provider import (
     HistoryLine,
     ModelError,
     ModelEvent,
-    ModelSession,
     ModelUnavailable,
     ResponseDone,
     ResponseStarted,
@@ -71,13 +67,13 @@ from centralita.aicall.provider import (
     SpeechStopped,
     Transcript,
 )
+from centralita.aicall.wsmodel import WebsocketModelSession
 
 log = logging.getLogger("centralita.aicall.live")
 
 AUDIO_FORMATS = {"ulaw": "audio/pcmu", "alaw": "audio/pcma"}
 MAX_HISTORY_ITEMS = 128  # session.input takes at most 128 messages
 MAX_CONTEXT_CHARS = 1200  # appended context is limited to 500 tokens
-WRITE_BUFFER_LIMIT = 64 * 1024
 REPLY_PREFIX = "live-reply-"
 CALLER_PREFIX = "live-caller-"
 DEFAULT_TURN_PROMPT = "Speak to the caller now: greet them briefly and ask how you can help."
@@ -176,7 +172,10 @@ class _CallerTurn:
     text: list[str] = field(default_factory=list)
 
 
-class LiveSession(ModelSession):
+class LiveSession(WebsocketModelSession):
+    protocol = "live"
+    audio_event = "session.input_audio.append"
+
     def __init__(
         self,
         *,
@@ -192,30 +191,26 @@ class LiveSession(ModelSession):
         turn_prompt: str = DEFAULT_TURN_PROMPT,
         name: str = "",
     ) -> None:
-        self.url = url
+        self._init_socket(
+            url=url,
+            api_key=api_key,
+            connect_timeout=connect_timeout,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            name=name,
+        )
         self.model = model
         self.backend_model = backend_model
-        self.api_key = api_key
         self.config = config
-        self.connect_timeout = connect_timeout
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
         self.reply_gap = reply_gap
         self.turn_prompt = turn_prompt
-        self.name = name
         self.session_id: str | None = None
-        self.sent_audio_bytes = 0
         self._silence_byte = g711.silence(config.law)[0]
-        self._ws: ClientConnection | None = None
-        self._outbox: asyncio.Queue[str] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
-        self._writing = False
         self._ids = itertools.count(1)
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self._buffer_ms = 0
-        self._audio_marks: collections.deque[tuple[int, float]] = collections.deque(maxlen=3000)
+        self._reset_audio()
         self._reply: _Reply | None = None
         self._recent: collections.OrderedDict[str, _Reply] = collections.OrderedDict()
         self._early_text: list[tuple[int, int, str]] = []
@@ -233,21 +228,7 @@ class LiveSession(ModelSession):
     async def connect(self, history: list[HistoryLine] | None = None) -> None:
         await self.close()
         self._reset_state()
-        try:
-            ws = await connect(
-                self.url,
-                additional_headers={"Authorization": f"Bearer {self.api_key}"},
-                open_timeout=self.connect_timeout,
-                ping_interval=self.ping_interval,
-                ping_timeout=self.ping_timeout,
-                close_timeout=2,
-                max_size=16 * 2**20,
-                compression=None,  # base64 audio barely compresses; deflate would cost CPU on every frame
-            )
-        except InvalidStatus as exc:
-            raise ModelUnavailable(f"live handshake refused: HTTP {exc.response.status_code}") from exc
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
-            raise ModelUnavailable(f"live connect to {urlsplit(self.url).netloc} failed: {exc}") from exc
+        ws = await self._open(self.url)
         try:
             await ws.send(json.dumps(session_start(self.config, self.model, self.backend_model, history)))
             started = await asyncio.wait_for(self._await_started(ws), self.connect_timeout)
@@ -258,9 +239,7 @@ class LiveSession(ModelSession):
                 raise
             raise ModelUnavailable(f"live session did not start: {exc or 'no session.started in time'}") from exc
         self.session_id = (started.get("session") or {}).get("id")
-        self._ws = ws
-        self._outbox = asyncio.Queue()
-        self._writer = asyncio.get_running_loop().create_task(self._write(ws), name=f"live-writer-{self.name}")
+        self._attach(ws)
 
     @staticmethod
     async def _await_started(ws: ClientConnection) -> dict[str, Any]:
@@ -279,72 +258,8 @@ class LiveSession(ModelSession):
                 error = event.get("error") or {}
                 raise ModelUnavailable(f"live session refused: {error.get('code')}: {error.get('message')}")
 
-    def _send(self, event: dict[str, Any]) -> None:
-        if self._ws is None:
-            return
-        self._outbox.put_nowait(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
-
-    async def _write(self, ws: ClientConnection) -> None:
-        try:
-            while True:
-                message = await self._outbox.get()
-                self._writing = True
-                try:
-                    await ws.send(message)
-                finally:
-                    self._writing = False
-        except ConnectionClosed:
-            return  # the reader reports the close
-
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
-        ws, self._ws = self._ws, None
-        if ws is not None:
-            with contextlib.suppress(Exception):
-                if ws.protocol.state is State.OPEN:
-                    await ws.send('{"type":"session.close"}')
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), timeout=3)
-
-    # the caller's audio ------------------------------------------------------------------
-
-    def audio_sent_at(self, position_ms: int) -> float | None:
-        """When the input audio at ``position_ms`` of this session was sent (monotonic)."""
-        marks = self._audio_marks
-        if not marks or position_ms < 0:
-            return None
-        index = bisect.bisect_left(marks, (position_ms, 0.0))
-        if index >= len(marks):
-            return None
-        return marks[index][1]
-
-    def send_audio(self, audio: bytes) -> None:
-        ws = self._ws
-        if ws is None:
-            return
-        self._buffer_ms += g711.duration_ms(audio)
-        self._audio_marks.append((self._buffer_ms, time.monotonic()))
-        self.sent_audio_bytes += len(audio)
-        message = '{"type":"session.input_audio.append","audio":"' + base64.b64encode(audio).decode("ascii") + '"}'
-        # As in the Realtime provider: written at once when nothing is queued or being written and the
-        # socket is not backed up, else queued behind the writer task so order holds.
-        if (
-            not self._writing
-            and self._outbox.empty()
-            and ws.protocol.state is State.OPEN
-            and ws.transport.get_write_buffer_size() < WRITE_BUFFER_LIMIT
-        ):
-            try:
-                ws.protocol.send_text(message.encode())
-                ws.send_data()
-                return
-            except OSError:
-                pass  # the reader sees the broken socket; the queue path keeps ordering meanwhile
-        self._outbox.put_nowait(message)
+        await self._close_socket('{"type":"session.close"}')
 
     # requests ----------------------------------------------------------------------------
 

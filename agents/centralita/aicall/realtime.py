@@ -9,21 +9,14 @@ runs, which is why nothing in the agent may block it.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import bisect
-import collections
-import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.protocol import State
+from websockets.exceptions import ConnectionClosed
 
 from centralita.aicall.provider import (
     AudioOut,
@@ -32,8 +25,6 @@ from centralita.aicall.provider import (
     HistoryLine,
     ModelError,
     ModelEvent,
-    ModelSession,
-    ModelUnavailable,
     ResponseDone,
     ResponseStarted,
     SessionConfig,
@@ -41,6 +32,7 @@ from centralita.aicall.provider import (
     SpeechStopped,
     Transcript,
 )
+from centralita.aicall.wsmodel import WebsocketModelSession
 
 log = logging.getLogger("centralita.aicall.realtime")
 
@@ -49,7 +41,6 @@ PROGRESS_TAG = {"centralita": "progress"}
 # Errors that describe a race the client cannot avoid (the reply ended on its own
 # just before our cancel or truncate arrived); they change nothing for the call.
 HARMLESS_ERRORS = frozenset({"response_cancel_not_active"})
-WRITE_BUFFER_LIMIT = 64 * 1024
 
 
 def session_update(config: SessionConfig) -> dict[str, Any]:
@@ -107,7 +98,10 @@ def history_items(history: list[HistoryLine]) -> list[dict[str, Any]]:
     return events
 
 
-class RealtimeSession(ModelSession):
+class RealtimeSession(WebsocketModelSession):
+    protocol = "realtime"
+    audio_event = "input_audio_buffer.append"
+
     def __init__(
         self,
         *,
@@ -120,23 +114,18 @@ class RealtimeSession(ModelSession):
         ping_timeout: float = 10.0,
         name: str = "",
     ) -> None:
-        self.url = url
+        self._init_socket(
+            url=url,
+            api_key=api_key,
+            connect_timeout=connect_timeout,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            name=name,
+        )
         self.model = model
-        self.api_key = api_key
         self.config = config
-        self.connect_timeout = connect_timeout
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
-        self.name = name
-        self._ws: ClientConnection | None = None
-        self._outbox: asyncio.Queue[str] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
-        self._writing = False
-        self._buffer_ms = 0  # input audio sent on this socket, in ms (the server's audio_*_ms clock)
-        self._audio_marks: collections.deque[tuple[int, float]] = collections.deque(maxlen=3000)
         self._progress: set[str] = set()
         self._function_calls: dict[str, list[str]] = {}
-        self.sent_audio_bytes = 0
 
     def _endpoint(self) -> str:
         parts = urlsplit(self.url)
@@ -145,80 +134,12 @@ class RealtimeSession(ModelSession):
 
     async def connect(self, history: list[HistoryLine] | None = None) -> None:
         await self.close()
-        try:
-            self._ws = await connect(
-                self._endpoint(),
-                additional_headers={"Authorization": f"Bearer {self.api_key}"},
-                open_timeout=self.connect_timeout,
-                ping_interval=self.ping_interval,
-                ping_timeout=self.ping_timeout,
-                close_timeout=2,
-                max_size=16 * 2**20,
-                compression=None,  # base64 audio barely compresses; deflate would cost CPU on every frame
-            )
-        except InvalidStatus as exc:
-            raise ModelUnavailable(f"realtime handshake refused: HTTP {exc.response.status_code}") from exc
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
-            raise ModelUnavailable(f"realtime connect to {urlsplit(self.url).netloc} failed: {exc}") from exc
-        self._outbox = asyncio.Queue()
-        self._buffer_ms = 0
-        self._audio_marks.clear()
-        self._writer = asyncio.get_running_loop().create_task(
-            self._write(self._ws), name=f"realtime-writer-{self.name}"
-        )
+        ws = await self._open(self._endpoint())
+        self._reset_audio()
+        self._attach(ws)
         self._send(session_update(self.config))
         for event in history_items(history or []):
             self._send(event)
-
-    def _send(self, event: dict[str, Any]) -> None:
-        self._outbox.put_nowait(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
-
-    async def _write(self, ws: ClientConnection) -> None:
-        try:
-            while True:
-                message = await self._outbox.get()
-                self._writing = True
-                try:
-                    await ws.send(message)
-                finally:
-                    self._writing = False
-        except ConnectionClosed:
-            return  # the reader reports the close
-
-    def audio_sent_at(self, position_ms: int) -> float | None:
-        """When the input audio at ``position_ms`` of this socket's buffer was sent (monotonic)."""
-        marks = self._audio_marks
-        if not marks or position_ms < 0:
-            return None
-        index = bisect.bisect_left(marks, (position_ms, 0.0))
-        if index >= len(marks):
-            return None
-        return marks[index][1]
-
-    def send_audio(self, audio: bytes) -> None:
-        ws = self._ws
-        if ws is None:
-            return
-        self._buffer_ms += len(audio) * 1000 // 8000
-        self._audio_marks.append((self._buffer_ms, time.monotonic()))
-        self.sent_audio_bytes += len(audio)
-        message = '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(audio).decode("ascii") + '"}'
-        # The hot path: 50 frames a second per call. When nothing is queued or being written and the
-        # socket's buffer is not backed up, the frame is framed and written at once, in order, skipping a
-        # queue hop and a task switch per frame; otherwise it waits its turn behind the writer task.
-        if (
-            not self._writing
-            and self._outbox.empty()
-            and ws.protocol.state is State.OPEN
-            and ws.transport.get_write_buffer_size() < WRITE_BUFFER_LIMIT
-        ):
-            try:
-                ws.protocol.send_text(message.encode())
-                ws.send_data()
-                return
-            except OSError:
-                pass  # the reader sees the broken socket; the queue path keeps ordering meanwhile
-        self._outbox.put_nowait(message)
 
     async def respond(self, instructions: str | None = None) -> None:
         event: dict[str, Any] = {"type": "response.create"}
@@ -329,12 +250,4 @@ class RealtimeSession(ModelSession):
         )
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
-        if self._ws is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.close(), timeout=3)
-            self._ws = None
+        await self._close_socket()

@@ -1,0 +1,159 @@
+"""The websocket half shared by the model providers (OpenAI Realtime and GPT-Live).
+
+Opening the socket (bearer key, protocol pings, no compression), one writer task
+that keeps events in order, the hot path for the caller's audio (written at once
+when nothing waits, else queued behind the writer), the marks that say when each
+millisecond of input audio left, and closing. Each provider adds its protocol:
+what it sends on connect, how it names events, how it reads the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import bisect
+import collections
+import contextlib
+import json
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.protocol import State
+
+from centralita.aicall import g711
+from centralita.aicall.provider import ModelSession, ModelUnavailable
+
+# Past this many bytes waiting in the socket's buffer, audio goes through the writer's queue.
+WRITE_BUFFER_LIMIT = 64 * 1024
+
+
+class WebsocketModelSession(ModelSession):
+    """Subclasses set ``protocol`` (for messages and task names) and ``audio_event`` (the
+    event type that carries input audio), and call :meth:`_init_socket` in ``__init__``."""
+
+    protocol = "model"
+    audio_event = ""
+
+    def _init_socket(
+        self,
+        *,
+        url: str,
+        api_key: str,
+        connect_timeout: float,
+        ping_interval: float,
+        ping_timeout: float,
+        name: str,
+    ) -> None:
+        self.url = url
+        self.api_key = api_key
+        self.connect_timeout = connect_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.name = name
+        self.sent_audio_bytes = 0
+        self._ws: ClientConnection | None = None
+        self._outbox: asyncio.Queue[str] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._writing = False
+        self._reset_audio()
+
+    def _reset_audio(self) -> None:
+        self._buffer_ms = 0  # input audio sent on this socket, in ms (the server's audio clock)
+        self._audio_marks: collections.deque[tuple[int, float]] = collections.deque(maxlen=3000)
+
+    async def _open(self, endpoint: str) -> ClientConnection:
+        """A connected socket, or :class:`ModelUnavailable` saying why not."""
+        try:
+            return await connect(
+                endpoint,
+                additional_headers={"Authorization": f"Bearer {self.api_key}"},
+                open_timeout=self.connect_timeout,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout,
+                close_timeout=2,
+                max_size=16 * 2**20,
+                compression=None,  # base64 audio barely compresses; deflate would cost CPU on every frame
+            )
+        except InvalidStatus as exc:
+            raise ModelUnavailable(f"{self.protocol} handshake refused: HTTP {exc.response.status_code}") from exc
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            raise ModelUnavailable(f"{self.protocol} connect to {urlsplit(self.url).netloc} failed: {exc}") from exc
+
+    def _attach(self, ws: ClientConnection) -> None:
+        """Use ``ws`` from now on: a fresh queue and its writer task."""
+        self._ws = ws
+        self._outbox = asyncio.Queue()
+        self._writer = asyncio.get_running_loop().create_task(
+            self._write(ws), name=f"{self.protocol}-writer-{self.name}"
+        )
+
+    def _send(self, event: dict[str, Any]) -> None:
+        if self._ws is None:
+            return
+        self._outbox.put_nowait(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
+
+    async def _write(self, ws: ClientConnection) -> None:
+        try:
+            while True:
+                message = await self._outbox.get()
+                self._writing = True
+                try:
+                    await ws.send(message)
+                finally:
+                    self._writing = False
+        except ConnectionClosed:
+            return  # the reader reports the close
+
+    def audio_sent_at(self, position_ms: int) -> float | None:
+        """When the input audio at ``position_ms`` of this socket's buffer was sent (monotonic)."""
+        marks = self._audio_marks
+        if not marks or position_ms < 0:
+            return None
+        index = bisect.bisect_left(marks, (position_ms, 0.0))
+        if index >= len(marks):
+            return None
+        return marks[index][1]
+
+    def send_audio(self, audio: bytes) -> None:
+        ws = self._ws
+        if ws is None:
+            return
+        self._buffer_ms += g711.duration_ms(audio)
+        self._audio_marks.append((self._buffer_ms, time.monotonic()))
+        self.sent_audio_bytes += len(audio)
+        message = '{"type":"' + self.audio_event + '","audio":"' + base64.b64encode(audio).decode("ascii") + '"}'
+        # The hot path: 50 frames a second per call. When nothing is queued or being written and the
+        # socket's buffer is not backed up, the frame is framed and written at once, in order, skipping a
+        # queue hop and a task switch per frame; otherwise it waits its turn behind the writer task.
+        if (
+            not self._writing
+            and self._outbox.empty()
+            and ws.protocol.state is State.OPEN
+            and ws.transport.get_write_buffer_size() < WRITE_BUFFER_LIMIT
+        ):
+            try:
+                ws.protocol.send_text(message.encode())
+                ws.send_data()
+                return
+            except OSError:
+                pass  # the reader sees the broken socket; the queue path keeps ordering meanwhile
+        self._outbox.put_nowait(message)
+
+    async def _close_socket(self, goodbye: str | None = None) -> None:
+        """Stop the writer and close the socket (after ``goodbye``, if given and still possible)."""
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            if goodbye is not None:
+                with contextlib.suppress(Exception):
+                    if ws.protocol.state is State.OPEN:
+                        await ws.send(goodbye)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), timeout=3)
