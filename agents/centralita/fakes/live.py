@@ -26,7 +26,6 @@ import http
 import itertools
 import json
 import logging
-import os
 import re
 import time
 import typing
@@ -41,7 +40,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from centralita.aicall import g711
-from centralita.fakes.realtime import AUDIO_CHUNK_MS, SPEECH_RMS, ConnectionLog, Script, Turn
+from centralita.fakes.realtime import AUDIO_CHUNK_MS, SPEECH_RMS, ConnectionLog, Script, Turn, serve_main
 
 log = logging.getLogger("centralita.fakes.live")
 
@@ -741,47 +740,13 @@ class _Connection:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve the stand-in as its own process (offline demo)."""
-    import argparse
-    import signal
-
-    parser = argparse.ArgumentParser(prog="python -m centralita.fakes.live", description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8768)
-    parser.add_argument(
-        "--api-key",
-        default=os.environ.get("OPENAI_API_KEY") or None,
-        help="the bearer key to accept (default: $OPENAI_API_KEY, else any)",
+    return serve_main(
+        argv,
+        prog="python -m centralita.fakes.live",
+        description=__doc__.split("\n")[0],
+        port=8768,
+        stand_in=FakeLive,
     )
-    parser.add_argument("--script", help="a JSON file with the Script fields (greeting, turns, ...)")
-    parser.add_argument("--ping-interval", type=float, default=5.0)
-    parser.add_argument("--no-validate", action="store_true", help="skip checking events (saves CPU)")
-    args = parser.parse_args(argv)
-    script = Script()
-    if args.script:
-        with open(args.script, encoding="utf-8") as handle:
-            script = Script.from_json(json.load(handle))
-
-    async def serve_until_stopped() -> None:
-        fake = FakeLive(
-            script,
-            host=args.host,
-            port=args.port,
-            api_key=args.api_key,
-            ping_interval=args.ping_interval,
-            validate=not args.no_validate,
-        )
-        await fake.start()
-        print(json.dumps({"url": fake.url}), flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await fake.stop()
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve_until_stopped())
-    return 0
 
 
 if __name__ == "__main__":

@@ -881,14 +881,15 @@ class _Connection:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Serve the stand-in as its own process (offline demo, benchmark)."""
+def serve_main(argv: list[str] | None, *, prog: str, description: str, port: int, stand_in: type) -> int:
+    """Run a model stand-in (``stand_in(script, host=..., port=..., ...)``) as its own process until
+    SIGTERM/SIGINT, printing its URL as JSON; shared by the Realtime and GPT-Live stand-ins."""
     import argparse
     import signal
 
-    parser = argparse.ArgumentParser(prog="python -m centralita.fakes.realtime", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--port", type=int, default=port)
     parser.add_argument(
         "--api-key",
         default=os.environ.get("OPENAI_API_KEY") or None,
@@ -896,7 +897,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--script", help="a JSON file with the Script fields (greeting, turns, ...)")
     parser.add_argument("--ping-interval", type=float, default=5.0)
-    parser.add_argument("--no-validate", action="store_true", help="skip checking client events (saves CPU)")
+    parser.add_argument("--no-validate", action="store_true", help="skip checking events (saves CPU)")
     args = parser.parse_args(argv)
     script = Script()
     if args.script:
@@ -904,7 +905,7 @@ def main(argv: list[str] | None = None) -> int:
             script = Script.from_json(json.load(handle))
 
     async def serve_until_stopped() -> None:
-        fake = FakeRealtime(
+        fake = stand_in(
             script,
             host=args.host,
             port=args.port,
@@ -924,6 +925,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve_until_stopped())
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the stand-in as its own process (offline demo, benchmark)."""
+    return serve_main(
+        argv,
+        prog="python -m centralita.fakes.realtime",
+        description=__doc__.split("\n")[0],
+        port=8765,
+        stand_in=FakeRealtime,
+    )
 
 
 if __name__ == "__main__":
