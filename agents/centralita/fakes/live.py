@@ -34,13 +34,21 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from centralita.aicall import g711
-from centralita.fakes.realtime import AUDIO_CHUNK_MS, SPEECH_RMS, ConnectionLog, Script, Turn, serve_main
+from centralita.fakes.realtime import (
+    AUDIO_CHUNK_MS,
+    SPEECH_RMS,
+    ConnectionLog,
+    Script,
+    StandInServer,
+    Turn,
+    serve_main,
+)
 
 log = logging.getLogger("centralita.fakes.live")
 
@@ -139,7 +147,8 @@ class LiveConnectionLog(ConnectionLog):
         return data
 
 
-class FakeLive:
+class FakeLive(StandInServer):
+    path = PATH
     """The stand-in server. ``async with FakeLive(script) as fake:`` serves on ``fake.url``."""
 
     def __init__(
@@ -175,38 +184,6 @@ class FakeLive:
         self._server: Server | None = None
         self._ids = itertools.count(1)
         self._dropped = False
-
-    @property
-    def url(self) -> str:
-        return f"ws://{self.host}:{self.port}{PATH}"
-
-    async def __aenter__(self) -> FakeLive:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        g711.warm_up()
-        self._server = await serve(
-            self._handle,
-            self.host,
-            self.port,
-            process_request=self._check_request,
-            ping_interval=None,  # our own ping loop records every round trip
-            max_size=16 * 2**20,
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    def new_id(self, prefix: str) -> str:
-        return f"{prefix}_{next(self._ids):06d}"
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)

@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -211,7 +211,52 @@ class ConnectionLog:
         }
 
 
-class FakeRealtime:
+class StandInServer:
+    """The websocket server half of a model stand-in: serving on ``path``, start/stop (also as an
+    async context manager) and event ids. Subclasses set ``host``, ``port``, ``_server = None`` and
+    ``_ids = itertools.count(1)``, and define ``_handle`` and ``_check_request``."""
+
+    path = "/"
+    host: str
+    port: int
+    _server: Server | None
+    _ids: Iterator[int]
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}{self.path}"
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        g711.warm_up()
+        self._server = await serve(
+            self._handle,  # type: ignore[attr-defined]
+            self.host,
+            self.port,
+            process_request=self._check_request,  # type: ignore[attr-defined]
+            ping_interval=None,  # our own ping loop records every round trip
+            max_size=16 * 2**20,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    def new_id(self, prefix: str) -> str:
+        return f"{prefix}_{next(self._ids):06d}"
+
+
+class FakeRealtime(StandInServer):
+    path = "/v1/realtime"
     """The stand-in server. ``async with FakeRealtime(script) as fake:`` serves on ``fake.url``."""
 
     def __init__(
@@ -243,38 +288,6 @@ class FakeRealtime:
         self._server: Server | None = None
         self._ids = itertools.count(1)
         self._dropped = False
-
-    @property
-    def url(self) -> str:
-        return f"ws://{self.host}:{self.port}/v1/realtime"
-
-    async def __aenter__(self) -> FakeRealtime:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        g711.warm_up()
-        self._server = await serve(
-            self._handle,
-            self.host,
-            self.port,
-            process_request=self._check_request,
-            ping_interval=None,  # our own ping loop records every round trip
-            max_size=16 * 2**20,
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    def new_id(self, prefix: str) -> str:
-        return f"{prefix}_{next(self._ids):06d}"
 
     def set_script(self, script: Script) -> None:
         """Sessions opened from now on follow ``script`` (open ones keep theirs); the one drop is re-armed."""
