@@ -74,3 +74,16 @@ def test_missing_drop_in_directories_are_created_only_when_asked(tmp_path):
     assert created["changed_keys"] == ["journald"]
     assert (tmp_path / "journald.conf.d" / "c.conf").read_text() == "[Journal]\n"
     assert (tmp_path / "journald.conf.d").stat().st_mode & 0o777 == 0o755
+
+
+def test_directories_get_their_owner_and_mode(tmp_path):
+    wanted = {**spec(tmp_path, "state", ""), "state": "directory", "mode": "0750"}
+    del wanted["content"]
+    assert run([wanted], tmp_path)["changed_keys"] == ["state"]
+    assert (tmp_path / "state").is_dir() and (tmp_path / "state").stat().st_mode & 0o7777 == 0o750
+    assert run([wanted], tmp_path)["changed"] is False
+    (tmp_path / "state").chmod(0o755)
+    assert run([wanted], tmp_path)["changed_keys"] == ["state"]
+    (tmp_path / "plain").write_text("x")
+    refused = run([{**wanted, "key": "plain", "dest": str(tmp_path / "plain")}], tmp_path)
+    assert refused["failed"] is True and "not a directory" in refused["msg"]

@@ -16,8 +16,9 @@ short_description: Write several small files in one run, reporting which changed
 options:
   files:
     description: >-
-      List of {key, dest, content, owner, group, mode, make_parents}; C(key) names the file in the
-      result; C(make_parents) creates missing parent directories (root, 0755).
+      List of {key, dest, content, owner, group, mode, make_parents} for files, or {key, dest,
+      state: directory, owner, group, mode} for directories; C(key) names the entry in the result (default its path);
+      C(make_parents) creates missing parent directories (root, 0755).
     type: list
     elements: dict
     required: true
@@ -26,13 +27,18 @@ options:
 import grp
 import os
 import pwd
+import stat
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
 
-def _wanted(module: AnsibleModule, spec: dict) -> tuple[str, bytes, int, int, int]:
-    for key in ("key", "dest", "content", "owner", "group", "mode"):
+def _wanted(module: AnsibleModule, spec: dict) -> tuple[str, bytes | None, int, int, int]:
+    directory = spec.get("state") == "directory"
+    if spec.get("state", "file") not in ("file", "directory"):
+        module.fail_json(msg="files: %s: state must be file or directory" % spec.get("dest"))
+    spec.setdefault("key", spec.get("dest"))  # an entry is named by its path unless it says otherwise
+    for key in ("key", "dest", "owner", "group", "mode") + (() if directory else ("content",)):
         if key not in spec:
             module.fail_json(msg="files: an entry has no %s (keys: %s)" % (key, ", ".join(sorted(spec))))
     dest = spec["dest"]
@@ -47,17 +53,30 @@ def _wanted(module: AnsibleModule, spec: dict) -> tuple[str, bytes, int, int, in
         mode = int(str(spec["mode"]), 8)
     except ValueError:
         module.fail_json(msg="files: %s: mode %r is not octal" % (dest, spec["mode"]))
-    return dest, str(spec["content"]).encode("utf-8"), uid, gid, mode
+    return dest, None if directory else str(spec["content"]).encode("utf-8"), uid, gid, mode
 
 
-def _differs(dest: str, content: bytes, uid: int, gid: int, mode: int) -> bool:
+def _differs(dest: str, content: bytes | None, uid: int, gid: int, mode: int) -> bool:
     try:
-        status = os.stat(dest)
-        with open(dest, "rb") as handle:
-            current = handle.read()
+        status = os.lstat(dest)
+        if content is None:
+            if not stat.S_ISDIR(status.st_mode):
+                return True
+            current = None
+        else:
+            with open(dest, "rb") as handle:
+                current = handle.read()
     except FileNotFoundError:
         return True
     return current != content or status.st_uid != uid or status.st_gid != gid or (status.st_mode & 0o7777) != mode
+
+
+def _directory(dest: str, uid: int, gid: int, mode: int) -> None:
+    if os.path.lexists(dest) and not os.path.isdir(dest):
+        raise OSError("%s exists and is not a directory" % dest)
+    os.makedirs(dest, mode=0o700, exist_ok=True)
+    os.chown(dest, uid, gid)
+    os.chmod(dest, mode)
 
 
 def _write(dest: str, content: bytes, uid: int, gid: int, mode: int, make_parents: bool = False) -> None:
@@ -95,7 +114,10 @@ def main() -> None:
         changed.append(spec["key"])
         if not module.check_mode:
             try:
-                _write(dest, content, uid, gid, mode, bool(spec.get("make_parents")))
+                if content is None:
+                    _directory(dest, uid, gid, mode)
+                else:
+                    _write(dest, content, uid, gid, mode, bool(spec.get("make_parents")))
             except OSError as exc:
                 module.fail_json(msg="cannot write %s: %s" % (dest, exc), changed_keys=changed[:-1])
     module.exit_json(changed=bool(changed), changed_keys=changed)
