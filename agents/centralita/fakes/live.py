@@ -47,6 +47,7 @@ from centralita.fakes.realtime import (
     Script,
     StandInServer,
     Turn,
+    keepalive_pings,
     serve_main,
 )
 
@@ -297,20 +298,7 @@ class _Connection:
             self.log.closed_at = time.time()
 
     async def _ping_loop(self) -> None:
-        """Protocol pings as the real service sends them; a missed pong closes with 1011."""
-        while True:
-            await asyncio.sleep(self.server.ping_interval)
-            started = time.perf_counter()
-            try:
-                waiter = await self.ws.ping()
-                await asyncio.wait_for(waiter, self.server.ping_timeout)
-            except TimeoutError:
-                self.log.missed_pongs += 1
-                await self.ws.close(1011, "keepalive ping timeout")
-                return
-            except ConnectionClosed:
-                return
-            self.log.pongs_ms.append((time.perf_counter() - started) * 1000)
+        await keepalive_pings(self.ws, self.log, self.server.ping_interval, self.server.ping_timeout)
 
     async def _on_message(self, message: str | bytes) -> None:
         try:

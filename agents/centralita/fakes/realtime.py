@@ -211,6 +211,23 @@ class ConnectionLog:
         }
 
 
+async def keepalive_pings(ws: ServerConnection, log: ConnectionLog, interval: float, pong_within: float) -> None:
+    """Protocol pings as the real service sends them; a missed pong closes with 1011."""
+    while True:
+        await asyncio.sleep(interval)
+        started = time.perf_counter()
+        try:
+            waiter = await ws.ping()
+            await asyncio.wait_for(waiter, pong_within)
+        except TimeoutError:
+            log.missed_pongs += 1
+            await ws.close(1011, "keepalive ping timeout")
+            return
+        except ConnectionClosed:
+            return
+        log.pongs_ms.append((time.perf_counter() - started) * 1000)
+
+
 class StandInServer:
     """The websocket server half of a model stand-in: serving on ``path``, start/stop (also as an
     async context manager) and event ids. Subclasses set ``host``, ``port``, ``_server = None`` and
@@ -446,20 +463,7 @@ class _Connection:
             self.log.closed_at = time.time()
 
     async def _ping_loop(self) -> None:
-        """Protocol pings as the real service sends them; a missed pong closes with 1011."""
-        while True:
-            await asyncio.sleep(self.server.ping_interval)
-            started = time.perf_counter()
-            try:
-                waiter = await self.ws.ping()
-                await asyncio.wait_for(waiter, self.server.ping_timeout)
-            except TimeoutError:
-                self.log.missed_pongs += 1
-                await self.ws.close(1011, "keepalive ping timeout")
-                return
-            except ConnectionClosed:
-                return
-            self.log.pongs_ms.append((time.perf_counter() - started) * 1000)
+        await keepalive_pings(self.ws, self.log, self.server.ping_interval, self.server.ping_timeout)
 
     async def _on_message(self, message: str | bytes) -> None:
         try:
