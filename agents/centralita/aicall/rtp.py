@@ -109,8 +109,17 @@ class Pacer:
 
     LATE_S = 0.04  # a pass this late is counted and logged: the caller heard a gap
 
-    def __init__(self, frame_ms: int = g711.FRAME_MS, phases: int = 4) -> None:
+    def __init__(
+        self,
+        frame_ms: int = g711.FRAME_MS,
+        phases: int = 4,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> None:
         self.period = frame_ms / 1000
+        self._clock = clock
+        self._sleep = sleep
         self._phases: list[dict[int, RtpMedia]] = [{} for _ in range(max(1, phases))]
         self._phase_of: dict[int, int] = {}
         self._lock = threading.Lock()  # held for a whole pass: a removed stream is never sent to afterwards
@@ -161,7 +170,7 @@ class Pacer:
                 loop.call_soon_threadsafe(callback, *args)
 
     def _run(self) -> None:
-        clock = time.monotonic
+        clock, sleep = self._clock, self._sleep
         count = len(self._phases)
         step = self.period / count
         due, phase = clock(), 0
@@ -173,7 +182,7 @@ class Pacer:
                 continue
             delay = due - clock()
             if delay > 0:
-                time.sleep(delay)
+                sleep(delay)
             now = clock()
             late = now - due
             if late > self.LATE_S:
@@ -191,8 +200,8 @@ class Pacer:
             due += step
 
     def _pass(self, phase: int, due: float) -> None:
-        lateness = self.lateness
-        started = time.monotonic()
+        lateness, clock = self.lateness, self._clock
+        started = clock()
         with self._lock:
             streams = self._phases[phase]
             for key, stream in list(streams.items()):
@@ -203,9 +212,9 @@ class Pacer:
                     streams.pop(key, None)
                     self._phase_of.pop(key, None)
                 if lateness is not None:
-                    lateness.append(time.monotonic() - due)
+                    lateness.append(clock() - due)
         if self.passes is not None:
-            self.passes.append((started - due, time.monotonic() - started))
+            self.passes.append((started - due, clock() - started))
 
     async def close(self) -> None:
         with self._lock:
