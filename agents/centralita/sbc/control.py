@@ -4,10 +4,13 @@ Kamailio holds what each call needs in memory: the carrier list (dispatcher),
 the source address list (customer IPs and the blacklist, permissions), and two
 caches filled from the database on first use: each source's customers with
 their limits (htable ``src``) and each (customer, number)'s normalisation,
-dialing plan verdict and carrier order (htable ``route``). ``sync`` reloads the
-lists and empties the caches; it is what the panel calls after a save, and what
-``centralita kamailio sync`` runs. Only the minutes left of a customer with a
-monthly cap are read from the database on every call.
+dialing plan verdict and carrier order (htable ``route``), each (customer,
+caller)'s caller number after the caller rules (htable ``cli``) and the digest
+credentials of carriers that challenged (htable ``cauth``). The carriers' limits
+(max_channels, max_cps) and from_domain travel with the carrier list. ``sync``
+reloads the lists and empties the caches; it is what the panel calls after a
+save, and what ``centralita kamailio sync`` runs. Only the minutes left of a
+customer with a monthly cap are read from the database on every call.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ RELOADS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("permissions.addressReload", (), "customer IPs and blacklist (permissions)"),
     ("htable.flush", ("src",), "customers and limits by source (cache)"),
     ("htable.flush", ("route",), "normalisation, dialing plans and carrier order by number (cache)"),
+    ("htable.flush", ("cli",), "caller numbers after the caller rules (cache)"),
+    ("htable.flush", ("cauth",), "carrier credentials (cache)"),
 )
 # What a rate change makes stale: the carrier order cached per number.
 CACHE_FLUSHES: tuple[tuple[str, tuple[str, ...], str], ...] = (RELOADS[3],)
@@ -69,6 +74,20 @@ class SbcStatus:
 STATE_NAMES = {"A": "up", "I": "down", "D": "disabled"}
 
 
+def _limit(attrs: dict[str, str], name: str) -> int | None:
+    """A limit from the carrier's dispatcher attributes: empty (or absent) is unlimited."""
+    value = attrs.get(name, "")
+    return int(value) if value.isdigit() else None
+
+
+def _attrs(dest: dict[str, Any]) -> dict[str, str]:
+    """The carrier's dispatcher attributes ("duid=carrier3;mc=10;cps=;...") as a dict."""
+    attrs = dest.get("ATTRS")
+    body = attrs.get("BODY", "") if isinstance(attrs, dict) else attrs if isinstance(attrs, str) else ""
+    pairs = (item.partition("=") for item in str(body).split(";") if item)
+    return {key.strip(): value.strip() for key, _, value in pairs}
+
+
 def _carriers(listing: Any) -> list[dict[str, Any]]:
     """Flatten `dispatcher.list` (RECORDS -> SET -> TARGETS -> DEST) into one row per carrier."""
     rows = []
@@ -81,6 +100,7 @@ def _carriers(listing: Any) -> list[dict[str, Any]]:
             dest = target.get("DEST", target) if isinstance(target, dict) else {}
             flags = str(dest.get("FLAGS", ""))
             latency = dest.get("LATENCY")
+            attrs = _attrs(dest)
             rows.append(
                 {
                     "carrier_id": setid,
@@ -88,6 +108,10 @@ def _carriers(listing: Any) -> list[dict[str, Any]]:
                     "state": STATE_NAMES.get(flags[:1], flags or "?"),
                     "probing": flags[1:2] == "P",
                     "latency_ms": latency.get("AVG") if isinstance(latency, dict) else None,
+                    "max_channels": _limit(attrs, "mc"),
+                    "max_cps": _limit(attrs, "cps"),
+                    "from_domain": attrs.get("fd") or None,
+                    "channels": 0,
                 }
             )
     return rows
@@ -104,7 +128,7 @@ def _banned(dump: Any) -> list[str]:
 
 
 async def read_status(rpc: KamailioRpc, customers: dict[int, dict[str, Any]]) -> SbcStatus:
-    """Dispatcher targets, dialog counts, channels per customer (dialog profile) and flood bans.
+    """Dispatcher targets with their calls and limits, dialog counts, channels per customer and flood bans.
 
     ``customers`` maps customer id -> its limits from the database (name, max_cps,
     max_channels, minutes); the channel count of each comes from Kamailio.
@@ -115,6 +139,10 @@ async def read_status(rpc: KamailioRpc, customers: dict[int, dict[str, Any]]) ->
         if "no destination sets" not in str(exc).lower():
             raise
         listing = {}
+    carriers = _carriers(listing)
+    for row in carriers:
+        size = await rpc.call("dlg.profile_get_size", "carr", str(row["carrier_id"]))
+        row["channels"] = int(size if not isinstance(size, dict) else size.get("size", 0))
     dialogs = await rpc.call("dlg.stats_active")
     channels: dict[int, int] = {}
     for cid in customers:
@@ -124,7 +152,11 @@ async def read_status(rpc: KamailioRpc, customers: dict[int, dict[str, Any]]) ->
         banned = _banned(await rpc.call("htable.dump", "ipban"))
     except RpcError:
         banned = []
-    return SbcStatus(_carriers(listing), dialogs if isinstance(dialogs, dict) else {}, channels, customers, banned)
+    return SbcStatus(carriers, dialogs if isinstance(dialogs, dict) else {}, channels, customers, banned)
+
+
+def _or_unlimited(limit: int | None) -> str:
+    return "unlimited" if limit is None else str(limit)
 
 
 def render_status(status: SbcStatus) -> str:
@@ -134,7 +166,9 @@ def render_status(status: SbcStatus) -> str:
         lines.append("  none loaded")
     for row in status.carriers:
         probing = ", probing" if row["probing"] else ""
-        lines.append(f"  carrier {row['carrier_id']:>5}  {row['uri']:<40} {row['state']}{probing}")
+        channels = f"channels {row.get('channels', 0)}/{_or_unlimited(row.get('max_channels'))}"
+        cps = f"cps max {_or_unlimited(row.get('max_cps'))}"
+        lines.append(f"  carrier {row['carrier_id']:>5}  {row['uri']:<40} {row['state']}{probing}  {channels}  {cps}")
     d = status.dialogs
     lines.append(
         "Dialogs: "

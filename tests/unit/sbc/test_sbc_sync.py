@@ -27,7 +27,7 @@ class FakeRpc:
         return "ok"
 
 
-def test_sync_reloads_the_lists_and_empties_both_caches():
+def test_sync_reloads_the_lists_and_empties_every_cache():
     rpc = FakeRpc()
     done = asyncio.run(sync(rpc))
     assert rpc.calls == [
@@ -35,8 +35,10 @@ def test_sync_reloads_the_lists_and_empties_both_caches():
         ("permissions.addressReload", ()),
         ("htable.flush", ("src",)),
         ("htable.flush", ("route",)),
+        ("htable.flush", ("cli",)),
+        ("htable.flush", ("cauth",)),
     ]
-    assert len(done) == 4
+    assert len(done) == 6
 
 
 def test_a_reload_already_running_is_waited_for(monkeypatch):
