@@ -74,6 +74,8 @@ def test_sync_makes_a_new_carrier_routable_and_status_shows_it(sbc_world, rpc_ur
         "customer IPs and blacklist (permissions)",
         "customers and limits by source (cache)",
         "normalisation, dialing plans and carrier order by number (cache)",
+        "caller numbers after the caller rules (cache)",
+        "carrier credentials (cache)",
     ]
     status = asyncio.run(read_status(KamailioRpc(rpc_url), {}))
     assert any(row["carrier_id"] == carrier and car_ip in row["uri"] for row in status.carriers)
@@ -85,6 +87,7 @@ def test_sync_makes_a_new_carrier_routable_and_status_shows_it(sbc_world, rpc_ur
     shown = centralita(env, "kamailio", "status")
     assert shown.returncode == 0, shown.stderr
     assert f"carrier {carrier:>5}" in shown.stdout and "Dialogs:" in shown.stdout
+    assert "channels 0/unlimited  cps max unlimited" in shown.stdout
 
 
 def test_status_fails_clearly_when_kamailio_does_not_answer(db_env):
