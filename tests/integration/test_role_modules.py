@@ -130,14 +130,29 @@ def test_drift_is_put_back_and_reported(mariadb_server, schema, prefix, tmp_path
     assert run_module(ACCOUNTS, args, tmp_path)["changed"] is False
 
 
-def test_grants_on_missing_tables_wait_and_only_limits_the_services(mariadb_server, schema, prefix, tmp_path):
-    args = {**base_args(mariadb_server, schema, prefix), "only": ["aicall"], "missing_tables": ["calls"]}
-    result = run_module(ACCOUNTS, args, tmp_path)
-    assert result["changed"] is True
-    assert not any("`calls`" in grant for grant in grants_of(mariadb_server, prefix + "aicall"))
+def test_grants_on_missing_tables_wait_when_allowed_and_only_limits_the_services(
+    mariadb_server, schema, prefix, tmp_path
+):
+    args = base_args(mariadb_server, schema, prefix)
+    args["services"]["aicall"].append({"table": "recordings", "privs": ["SELECT"]})
+    refused = run_module(ACCOUNTS, {**args, "only": ["aicall"]}, tmp_path)
+    assert refused.get("failed") is True
+    assert f"do not exist in {schema}: recordings" in refused["msg"]
+
+    waited = run_module(ACCOUNTS, {**args, "only": ["aicall"], "allow_missing_tables": True}, tmp_path)
+    assert waited["changed"] is True and waited["missing_tables"] == ["recordings"]
+    assert f"GRANT SELECT, INSERT, UPDATE ON `{schema}`.`calls` TO `{prefix}aicall`@`localhost`" in grants_of(
+        mariadb_server, prefix + "aicall"
+    )
     with mariadb_server.root_connection() as conn, conn.cursor() as cur:
         cur.execute("SELECT COUNT(*) AS n FROM mysql.user WHERE User = %s", (prefix + "panel",))
         assert cur.fetchone()["n"] == 0  # not in `only`
+        cur.execute(f"CREATE TABLE `{schema}`.recordings (id INT PRIMARY KEY)")
+    granted = run_module(ACCOUNTS, {**args, "only": ["aicall"]}, tmp_path)
+    assert granted["changes"] == [f"grants of {prefix}aicall@localhost", f"grants of {prefix}aicall@127.0.0.1"]
+    assert f"GRANT SELECT ON `{schema}`.`recordings` TO `{prefix}aicall`@`localhost`" in grants_of(
+        mariadb_server, prefix + "aicall"
+    )
 
 
 @pytest.mark.parametrize(
@@ -154,3 +169,28 @@ def test_bad_input_is_refused_naming_what_is_wrong(mariadb_server, schema, prefi
     result = run_module(ACCOUNTS, {**base_args(mariadb_server, schema, prefix), **change}, tmp_path)
     assert result.get("failed") is True
     assert message in result["msg"]
+
+
+def test_the_schema_is_created_once_and_grants_only_limits_whose_grants_are_set(mariadb_server, prefix, tmp_path):
+    schema = f"fresh_{secrets.token_hex(3)}"
+    args = {**base_args(mariadb_server, schema, prefix), "create_database": True, "grants_only": ["panel"]}
+    try:
+        first = run_module(ACCOUNTS, args, tmp_path)
+        assert first["changes"][0] == f"created database {schema}"
+        assert f"grants of {prefix}panel@localhost" in first["changes"]
+        assert not any(change.startswith(f"grants of {prefix}aicall") for change in first["changes"])
+        assert grants_of(mariadb_server, prefix + "aicall") == {f"GRANT USAGE ON *.* TO `{prefix}aicall`@`localhost`"}
+        with mariadb_server.root_connection() as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT DEFAULT_CHARACTER_SET_NAME AS cs, DEFAULT_COLLATION_NAME AS co"
+                " FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s",
+                (schema,),
+            )
+            assert cur.fetchone() == {"cs": "utf8mb4", "co": "utf8mb4_unicode_ci"}
+        assert run_module(ACCOUNTS, args, tmp_path)["changed"] is False
+        assert (
+            "grants_only: no grants are defined for billing"
+            in run_module(ACCOUNTS, {**args, "grants_only": ["billing"]}, tmp_path)["msg"]
+        )
+    finally:
+        mariadb_server.drop_database(schema)

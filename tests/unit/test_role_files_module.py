@@ -87,3 +87,52 @@ def test_directories_get_their_owner_and_mode(tmp_path):
     (tmp_path / "plain").write_text("x")
     refused = run([{**wanted, "key": "plain", "dest": str(tmp_path / "plain")}], tmp_path)
     assert refused["failed"] is True and "not a directory" in refused["msg"]
+
+
+def test_links_point_where_asked_and_a_wrong_target_is_replaced(tmp_path):
+    (tmp_path / "available.conf").write_text("server {}\n")
+    link = {
+        "key": "site",
+        "dest": str(tmp_path / "enabled.conf"),
+        "state": "link",
+        "src": str(tmp_path / "available.conf"),
+    }
+    assert run([link], tmp_path)["changed_keys"] == ["site"]
+    assert os.readlink(tmp_path / "enabled.conf") == str(tmp_path / "available.conf")
+    assert run([link], tmp_path)["changed"] is False
+    (tmp_path / "enabled.conf").unlink()
+    (tmp_path / "enabled.conf").symlink_to(tmp_path / "elsewhere.conf")
+    assert run([link], tmp_path)["changed_keys"] == ["site"]
+    assert os.readlink(tmp_path / "enabled.conf") == str(tmp_path / "available.conf")
+    (tmp_path / "enabled.conf").unlink()
+    (tmp_path / "enabled.conf").mkdir()
+    refused = run([link], tmp_path)
+    assert refused["failed"] is True and "is a directory" in refused["msg"]
+    assert "no src" in run([{k: v for k, v in link.items() if k != "src"}], tmp_path)["msg"]
+
+
+def test_absent_removes_a_file_or_link_once_and_refuses_a_directory(tmp_path):
+    (tmp_path / "default").symlink_to(tmp_path / "gone")
+    absent = {"key": "default", "dest": str(tmp_path / "default"), "state": "absent"}
+    assert run([absent], tmp_path, check_mode=True)["changed_keys"] == ["default"]
+    assert os.path.lexists(tmp_path / "default")
+    assert run([absent], tmp_path)["changed_keys"] == ["default"]
+    assert not os.path.lexists(tmp_path / "default")
+    assert run([absent], tmp_path)["changed"] is False
+    (tmp_path / "default").mkdir()
+    assert "only files and links" in run([absent], tmp_path)["msg"]
+    assert "state must be one of" in run([{**absent, "state": "hard"}], tmp_path)["msg"]
+
+
+def test_a_link_whose_target_must_exist_fails_before_anything_is_written(tmp_path):
+    zone = tmp_path / "zoneinfo"
+    (zone / "Europe").mkdir(parents=True)
+    (zone / "Europe" / "Madrid").write_text("TZif")
+    name = spec(tmp_path, "timezone", "Europe/Nowhere\n", "0644")
+    link = {"key": "localtime", "dest": str(tmp_path / "localtime"), "state": "link", "src_missing_msg": "no such zone"}
+    for missing in (zone / "Europe" / "Nowhere", zone / "Europe"):
+        result = run([name, {**link, "src": str(missing)}], tmp_path)
+        assert result["failed"] is True and result["msg"] == "no such zone"
+        assert not (tmp_path / "timezone").exists()
+    done = run([name, {**link, "src": str(zone / "Europe" / "Madrid")}], tmp_path)
+    assert done["changed_keys"] == ["timezone", "localtime"]

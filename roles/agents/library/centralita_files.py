@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Several small files (units, env files) written in one module run.
+"""Several small files (units, env files), directories and links kept in one module run.
 
 Each file is compared with what is on disk (content, owner, group, mode) and
 replaced atomically only when something differs; the result names the files
@@ -16,8 +16,12 @@ short_description: Write several small files in one run, reporting which changed
 options:
   files:
     description: >-
-      List of {key, dest, content, owner, group, mode, make_parents} for files, or {key, dest,
-      state: directory, owner, group, mode} for directories; C(key) names the entry in the result (default its path);
+      List of {key, dest, content, owner, group, mode, make_parents} for files, {key, dest,
+      state: directory, owner, group, mode} for directories, {key, dest, state: link, src} for
+      symbolic links and {key, dest, state: absent} for paths that must not exist (a file or a
+      link; a directory is refused); C(key) names the entry in the result (default its path);
+      a link with C(src_missing_msg) requires its target to be an existing file, and fails with
+      that message before anything is written when it is not;
       C(make_parents) creates missing parent directories (root, 0755).
     type: list
     elements: dict
@@ -33,17 +37,23 @@ import tempfile
 from ansible.module_utils.basic import AnsibleModule
 
 
+STATES = ("file", "directory", "link", "absent")
+
+
 def _wanted(module: AnsibleModule, spec: dict) -> tuple[str, bytes | None, int, int, int]:
-    directory = spec.get("state") == "directory"
-    if spec.get("state", "file") not in ("file", "directory"):
-        module.fail_json(msg="files: %s: state must be file or directory" % spec.get("dest"))
+    state = spec.get("state", "file")
+    if state not in STATES:
+        module.fail_json(msg="files: %s: state must be one of %s" % (spec.get("dest"), ", ".join(STATES)))
     spec.setdefault("key", spec.get("dest"))  # an entry is named by its path unless it says otherwise
-    for key in ("key", "dest", "owner", "group", "mode") + (() if directory else ("content",)):
+    needed = {"file": ("owner", "group", "mode", "content"), "directory": ("owner", "group", "mode"), "link": ("src",)}
+    for key in ("key", "dest") + needed.get(state, ()):
         if key not in spec:
             module.fail_json(msg="files: an entry has no %s (keys: %s)" % (key, ", ".join(sorted(spec))))
     dest = spec["dest"]
     if not os.path.isabs(dest):
         module.fail_json(msg="files: %s: the destination must be an absolute path" % dest)
+    if state in ("link", "absent"):
+        return dest, None, -1, -1, -1
     try:
         uid = pwd.getpwnam(spec["owner"]).pw_uid
         gid = grp.getgrnam(spec["group"]).gr_gid
@@ -53,7 +63,27 @@ def _wanted(module: AnsibleModule, spec: dict) -> tuple[str, bytes | None, int, 
         mode = int(str(spec["mode"]), 8)
     except ValueError:
         module.fail_json(msg="files: %s: mode %r is not octal" % (dest, spec["mode"]))
-    return dest, None if directory else str(spec["content"]).encode("utf-8"), uid, gid, mode
+    return dest, None if state == "directory" else str(spec["content"]).encode("utf-8"), uid, gid, mode
+
+
+def _link_differs(dest: str, src: str) -> bool:
+    return not os.path.islink(dest) or os.readlink(dest) != src
+
+
+def _link(dest: str, src: str) -> None:
+    if os.path.isdir(dest) and not os.path.islink(dest):
+        raise OSError("%s is a directory, not a link" % dest)
+    tmp = os.path.join(os.path.dirname(dest), ".centralita-link-%d" % os.getpid())
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(src, tmp)
+    os.replace(tmp, dest)
+
+
+def _remove(dest: str) -> None:
+    if os.path.isdir(dest) and not os.path.islink(dest):
+        raise OSError("%s is a directory; only files and links are removed" % dest)
+    os.unlink(dest)
 
 
 def _differs(dest: str, content: bytes | None, uid: int, gid: int, mode: int) -> bool:
@@ -106,15 +136,29 @@ def main() -> None:
         argument_spec={"files": {"type": "list", "elements": "dict", "required": True}},
         supports_check_mode=True,
     )
+    wanted = [(spec, *_wanted(module, spec)) for spec in module.params["files"]]
+    for spec, *_ in wanted:  # every check before the first write
+        if spec.get("state") == "link" and spec.get("src_missing_msg") and not os.path.isfile(str(spec["src"])):
+            module.fail_json(msg=str(spec["src_missing_msg"]))
     changed = []
-    for spec in module.params["files"]:
-        dest, content, uid, gid, mode = _wanted(module, spec)
-        if not _differs(dest, content, uid, gid, mode):
+    for spec, dest, content, uid, gid, mode in wanted:
+        state = spec.get("state", "file")
+        if state == "link":
+            differs = _link_differs(dest, str(spec["src"]))
+        elif state == "absent":
+            differs = os.path.lexists(dest)
+        else:
+            differs = _differs(dest, content, uid, gid, mode)
+        if not differs:
             continue
         changed.append(spec["key"])
         if not module.check_mode:
             try:
-                if content is None:
+                if state == "link":
+                    _link(dest, str(spec["src"]))
+                elif state == "absent":
+                    _remove(dest)
+                elif content is None:
                     _directory(dest, uid, gid, mode)
                 else:
                     _write(dest, content, uid, gid, mode, bool(spec.get("make_parents")))

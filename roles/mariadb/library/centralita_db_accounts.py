@@ -47,15 +47,25 @@ options:
     type: list
     elements: str
     default: []
-  missing_tables:
-    description: Tables that do not exist yet; grants on them are left out until they do.
-    type: list
-    elements: str
-    default: []
+  allow_missing_tables:
+    description:
+      - Leave out grants on tables that do not exist yet (they come with a later migration or
+        role) and return them in C(missing_tables). When false, such a grant fails the task.
+    type: bool
+    default: false
   manage_grants:
     description: Also make each account's privileges exactly its grants (false only creates accounts).
     type: bool
     default: true
+  grants_only:
+    description: With C(manage_grants), set the grants of these services only (default every handled service).
+    type: list
+    elements: str
+    default: []
+  create_database:
+    description: Create the schema first when it does not exist (utf8mb4, utf8mb4_unicode_ci).
+    type: bool
+    default: false
 """
 
 import re
@@ -135,9 +145,10 @@ def _accounts(module: AnsibleModule) -> list[dict]:
     p = module.params
     if not IDENTIFIER.match(p["database"]):
         module.fail_json(msg="database: %r is not a plain identifier" % p["database"])
-    unknown = sorted(set(p["only"]) - set(p["services"]))
-    if unknown:
-        module.fail_json(msg="only: no grants are defined for %s" % ", ".join(unknown))
+    for option in ("only", "grants_only"):
+        unknown = sorted(set(p[option]) - set(p["services"]))
+        if unknown:
+            module.fail_json(msg="%s: no grants are defined for %s" % (option, ", ".join(unknown)))
     accounts = []
     for service in p["only"] or sorted(p["services"]):
         user = p["user_prefix"] + service
@@ -151,12 +162,36 @@ def _accounts(module: AnsibleModule) -> list[dict]:
                 module.fail_json(msg="services.%s: a grant on %r, not '*' or a table name" % (service, table))
             if not isinstance(privs, list) or not all(isinstance(v, str) and PRIVILEGE.match(v.upper()) for v in privs):
                 module.fail_json(msg="services.%s: privileges %r on %s" % (service, privs, table))
-        grants = [g for g in grants if g["table"] not in p["missing_tables"]]
         for host in p["client_hosts"]:
             if not IDENTIFIER.match(user) or not HOST.match(host):
                 module.fail_json(msg="%r@%r is not a plain account name" % (user, host))
-            accounts.append({"user": user, "host": host, "password": password, "grants": grants})
+            accounts.append(
+                {
+                    "user": user,
+                    "host": host,
+                    "password": password,
+                    "grants": grants,
+                    "manage_grants": p["manage_grants"] and (not p["grants_only"] or service in p["grants_only"]),
+                }
+            )
     return accounts
+
+
+def _missing_tables(module: AnsibleModule, cursor, accounts: list[dict]) -> list[str]:
+    """Granted tables the schema does not have; fails unless they may wait for their migration."""
+    database = module.params["database"]
+    named = {g["table"] for account in accounts if account["manage_grants"] for g in account["grants"]} - {"*"}
+    if not named:
+        return []
+    cursor.execute("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", (database,))
+    missing = sorted(named - {row[0] for row in cursor.fetchall()})
+    if missing and not module.params["allow_missing_tables"]:
+        module.fail_json(
+            msg="the grants name tables that do not exist in %s: %s. Create them first (centralita db upgrade;"
+            " the kamailio role's schema step), or fix the grant table." % (database, ", ".join(missing)),
+            missing_tables=missing,
+        )
+    return missing
 
 
 def main() -> None:
@@ -169,8 +204,10 @@ def main() -> None:
             "services": {"type": "dict", "required": True},
             "passwords": {"type": "dict", "required": True, "no_log": True},
             "only": {"type": "list", "elements": "str", "default": []},
-            "missing_tables": {"type": "list", "elements": "str", "default": []},
+            "allow_missing_tables": {"type": "bool", "default": False},
             "manage_grants": {"type": "bool", "default": True},
+            "grants_only": {"type": "list", "elements": "str", "default": []},
+            "create_database": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -185,6 +222,15 @@ def main() -> None:
         module.fail_json(msg="cannot log in to MariaDB as root over %s: %s" % (module.params["login_unix_socket"], exc))
     try:
         with connection.cursor() as cursor:
+            if module.params["create_database"]:
+                cursor.execute("SELECT 1 FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (database,))
+                if cursor.fetchone() is None:
+                    changes.append("created database " + database)
+                    if not module.check_mode:
+                        cursor.execute(
+                            "CREATE DATABASE `%s` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci" % database
+                        )
+            missing = _missing_tables(module, cursor, accounts)
             for account in accounts:
                 user, host, password = account["user"], account["host"], account["password"]
                 name = _account(cursor, user, host)
@@ -209,10 +255,12 @@ def main() -> None:
                         changes.append("password of " + label)
                         if not module.check_mode:
                             cursor.execute("ALTER USER %s %s" % (name, via), (password,))
-                if not module.params["manage_grants"]:
+                if not account["manage_grants"]:
                     continue
-                wanted = _desired(account["grants"])
-                held, extra = ({}, set()) if row is None and module.check_mode else _current(cursor, user, host, database)
+                wanted = _desired([g for g in account["grants"] if g["table"] not in missing])
+                held, extra = (
+                    ({}, set()) if row is None and module.check_mode else _current(cursor, user, host, database)
+                )
                 if held == wanted and not extra:
                     continue
                 changes.append("grants of " + label)
@@ -226,7 +274,7 @@ def main() -> None:
         module.fail_json(msg="MariaDB refused a change (%s so far): %s" % (", ".join(changes) or "none", exc))
     finally:
         connection.close()
-    module.exit_json(changed=bool(changes), changes=changes)
+    module.exit_json(changed=bool(changes), changes=changes, missing_tables=missing)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+../../agents/library/centralita_files.py
