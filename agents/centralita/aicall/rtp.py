@@ -32,6 +32,10 @@ PAYLOAD_TYPES = {"ulaw": 0, "alaw": 8}
 # default is 5 ms); the agent and the benchmark set it with sys.setswitchinterval at start.
 SWITCH_INTERVAL_S = 0.0005
 _HEADER = struct.Struct("!BBHII")
+# The largest datagram read from a call's socket: a 20 ms frame is 172 bytes, and even 250 ms of
+# G.711 in one packet fits. asyncio's datagram transport reads with a 256 KiB buffer, which the C
+# library serves with a fresh memory mapping per read (about 30 µs per caller frame here).
+RECV_SIZE = 2048
 
 
 class RtpError(ValueError):
@@ -228,17 +232,6 @@ class Pacer:
             await asyncio.to_thread(thread.join, 5)
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, media: RtpMedia) -> None:
-        self.media = media
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.media._received(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        log.warning("rtp %s: socket error %s", self.media.name, exc)
-
-
 class RtpMedia(MediaPath):
     """One call's RTP leg: receives the caller's audio, sends paced assistant audio back."""
 
@@ -261,7 +254,8 @@ class RtpMedia(MediaPath):
         self.payload_type = PAYLOAD_TYPES[law]
         self.remote: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
-        self._transport: asyncio.DatagramTransport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reading: socket.socket | None = None  # the socket the event loop watches for the caller's audio
         self._sock: socket.socket | None = None
         self._packet = bytearray(_HEADER.size + g711.FRAME_BYTES)
         self._ssrc = int.from_bytes(os.urandom(4), "big")
@@ -282,21 +276,40 @@ class RtpMedia(MediaPath):
             try:
                 sock.setblocking(False)
                 sock.bind((self.bind_host, port))
-                transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self), sock=sock)
             except OSError as exc:
                 sock.close()
                 last_error = exc
                 continue
-            self._transport = transport
+            # One datagram read per readiness, as asyncio's transport does, but into a frame-sized buffer.
+            loop.add_reader(sock.fileno(), self._readable)
+            self._loop, self._reading = loop, sock
             self._sock = sock  # the pacer's thread sends on it directly; the loop only receives
             self.local = sock.getsockname()[:2]
             self.pacer.add(self)
             return
         raise OSError(f"no free RTP port on {self.bind_host} in {self.port_range}: {last_error}")
 
+    @property
+    def closed(self) -> bool:
+        """No socket is open for the call: not started yet, or released by :meth:`close`."""
+        return self._reading is None
+
     def set_remote(self, host: str, port: int) -> None:
         """Where Asterisk's RTP channel listens (UNICASTRTP_LOCAL_ADDRESS/PORT)."""
         self.remote = (host, port)
+
+    def _readable(self) -> None:
+        sock = self._reading
+        if sock is None:
+            return
+        try:
+            data, addr = sock.recvfrom(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # an ICMP error for an earlier frame (nobody listens there yet): the call goes on
+            log.warning("rtp %s: socket error %s", self.name, exc)
+            return
+        self._received(data, addr)
 
     def _received(self, data: bytes, addr: tuple[str, int]) -> None:
         # The common packet (version 2, no CSRC, extension or padding, our payload type) is read in
@@ -317,7 +330,9 @@ class RtpMedia(MediaPath):
         if self.remote is None:
             self.remote = addr  # symmetric RTP: answer where the audio comes from
         self.received_packets += 1
-        self._deliver(payload)
+        handler = self._on_audio
+        if handler is not None:
+            handler(payload)
 
     def tick(self) -> None:
         """Send the next 20 ms frame: queued reply audio, else silence (runs in the pacer's thread)."""
@@ -358,6 +373,8 @@ class RtpMedia(MediaPath):
     async def close(self) -> None:
         self.pacer.remove(self)  # waits for a pass in progress: no frame is sent after this
         self._sock = None
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        sock, self._reading = self._reading, None
+        if sock is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(sock.fileno())
+            sock.close()

@@ -122,7 +122,7 @@ def test_greeting_and_answer_reach_the_caller_and_the_call_is_recorded() -> None
     assert rig.metrics.calls.value(reason="caller_hangup") == 1 and rig.metrics.active_calls.value() == 0
     assert fake.connections[0].invalid == [] and fake.connections[0].errors == []
     assert fake.connections[0].close_code is not None, "the model socket was closed"
-    assert rig.media._transport is None, "the RTP socket was closed"
+    assert rig.media.closed, "the RTP socket was closed"
 
 
 def test_barge_in_drops_queued_audio_at_once_and_truncates_at_what_was_played() -> None:
@@ -350,7 +350,7 @@ def test_the_caller_hanging_up_mid_reply_releases_everything() -> None:
 
     record, rig, fake = run(scenario())  # run() also fails on any task left behind
     assert record.end_reason == "caller_hangup" and rig.control.actions == []
-    assert fake.connections[0].close_code is not None and rig.media._transport is None
+    assert fake.connections[0].close_code is not None and rig.media.closed
 
 
 def test_caller_frames_can_be_batched_two_per_message() -> None:

@@ -133,7 +133,7 @@ def test_a_call_with_end_call_on_the_backend_hangs_up_after_the_farewell() -> No
     assert record.total("total_tokens") > 0, "the backend's token usage is recorded"
     assert any("live_audio_seconds" in u.usage for u in record.usage), "and the session's audio seconds"
     assert rig.metrics.calls.value(reason="assistant_hangup") == 1 and rig.metrics.active_calls.value() == 0
-    assert conn.close_code is not None and rig.media._transport is None, "model socket and RTP socket closed"
+    assert conn.close_code is not None and rig.media.closed, "model socket and RTP socket closed"
 
 
 def test_barge_in_stops_playout_and_the_model_learns_what_was_heard() -> None:
