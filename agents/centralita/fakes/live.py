@@ -40,6 +40,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from centralita.aicall import g711
+from centralita.aicall.wsmodel import read_in_small_chunks
 from centralita.fakes.realtime import (
     AUDIO_CHUNK_MS,
     SPEECH_RMS,
@@ -207,6 +208,7 @@ class FakeLive(StandInServer):
         return Response(status, http.HTTPStatus(status).phrase, headers, body)
 
     async def _handle(self, ws: ServerConnection) -> None:
+        read_in_small_chunks(ws.transport)  # as the agent does: no memory mapping per read
         request = ws.request
         record = LiveConnectionLog(
             request.path if request else "", dict(request.headers.raw_items()) if request else {}

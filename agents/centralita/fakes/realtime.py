@@ -43,6 +43,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from centralita.aicall import g711
+from centralita.aicall.wsmodel import read_in_small_chunks
 
 log = logging.getLogger("centralita.fakes.realtime")
 
@@ -363,6 +364,7 @@ class FakeRealtime(StandInServer):
         return cls._json(status, {"error": {"message": message, "type": kind, "code": code, "param": None}})
 
     async def _handle(self, ws: ServerConnection) -> None:
+        read_in_small_chunks(ws.transport)  # as the agent does: no memory mapping per read
         request = ws.request
         record = ConnectionLog(request.path if request else "", dict(request.headers.raw_items()) if request else {})
         self.connections.append(record)
