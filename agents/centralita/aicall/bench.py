@@ -11,6 +11,8 @@ Measured per load point:
   ``input_audio_buffer.append`` is written to the model socket (p50/p99);
 - outbound added latency: a frame's due time on the 20 ms clock until it is sent (p50/p99);
 - outbound pacing jitter at the callers: |inter-arrival - 20 ms| (p50/p99, worst gap);
+- the callers' real send rate (frames per call and second): a busy helper core sends fewer than
+  50, which lightens the agent's load, so such a point never counts as carried;
 - CPU of the agent process per call (percent of one core).
 Load loops are bounded: every point runs for a fixed time and every process is
 stopped by PID.
@@ -94,15 +96,17 @@ async def _generate(targets: list[tuple[str, int]], seconds: float, law: str) ->
         callers.append((caller, target))
     silence = g711.silence(law)
     sequence, timestamp = 0, 0
-    due = loop.time()
+    due = started = loop.time()
     end = due + seconds
     while loop.time() < end:
+        # every caller sends the same packet in a round: built once, so the generator keeps pace at 200 calls
+        packet = RtpPacket(PAYLOAD_TYPES[law], sequence & 0xFFFF, timestamp & 0xFFFFFFFF, 0x42, silence).encode()
         for caller, target in callers:
-            packet = RtpPacket(PAYLOAD_TYPES[law], sequence & 0xFFFF, timestamp & 0xFFFFFFFF, 0x42, silence)
-            caller.sock.sendto(packet.encode(), target)
+            caller.sock.sendto(packet, target)
         sequence, timestamp = sequence + 1, timestamp + g711.FRAME_BYTES
         due += g711.FRAME_MS / 1000
         await asyncio.sleep(max(0.0, due - loop.time()))
+    send_rate = sequence / (loop.time() - started)  # under 50 when this process could not keep pace
     jitter: list[float] = []
     worst = 0.0
     received = 0
@@ -119,6 +123,7 @@ async def _generate(targets: list[tuple[str, int]], seconds: float, law: str) ->
             worst = max(worst, gap)
     return {
         "received": received,
+        "send_rate": send_rate,
         "jitter_p50_ms": _percentile(jitter, 0.50),
         "jitter_p99_ms": _percentile(jitter, 0.99),
         "max_gap_ms": worst,
@@ -198,6 +203,7 @@ class _Control:
 class Point:
     calls: int
     alive: int  # calls still up at the end of the measurement (all of them, unless the agent failed)
+    frames_in: float  # frames each caller sent per second (50 when the callers' process kept pace)
     inbound_p50_ms: float
     inbound_p99_ms: float
     outbound_p50_ms: float
@@ -305,6 +311,7 @@ async def run_point(
         return Point(
             calls=calls,
             alive=alive,
+            frames_in=result["send_rate"],
             inbound_p50_ms=_percentile(inbound_ms, 0.5),
             inbound_p99_ms=_percentile(inbound_ms, 0.99),
             outbound_p50_ms=_percentile(outbound_ms, 0.5),
@@ -341,18 +348,18 @@ async def run_point(
 
 def table(points: list[Point]) -> str:
     lines = [
-        "| calls (alive) | in p50 / p99 ms | out p50 / p99 ms | clock late p50 / p99 ms | pass ms "
+        "| calls (alive) | frames in /s | in p50 / p99 ms | out p50 / p99 ms | clock late p50 / p99 ms | pass ms "
         "| jitter p50 / p99 ms | worst gap ms | CPU per call % | agent CPU % | host load |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in points:
         lines.append(
-            f"| {p.calls} ({p.alive}) | {p.inbound_p50_ms:.2f} / {p.inbound_p99_ms:.2f} | {p.outbound_p50_ms:.2f} / "
-            f"{p.outbound_p99_ms:.2f} | {p.clock_p50_ms:.2f} / {p.clock_p99_ms:.2f} | {p.pass_p50_ms:.2f} | "
-            f"{p.jitter_p50_ms:.2f} / {p.jitter_p99_ms:.2f} | {p.max_gap_ms:.1f} | "
+            f"| {p.calls} ({p.alive}) | {p.frames_in:.1f} | {p.inbound_p50_ms:.2f} / {p.inbound_p99_ms:.2f} | "
+            f"{p.outbound_p50_ms:.2f} / {p.outbound_p99_ms:.2f} | {p.clock_p50_ms:.2f} / {p.clock_p99_ms:.2f} | "
+            f"{p.pass_p50_ms:.2f} | {p.jitter_p50_ms:.2f} / {p.jitter_p99_ms:.2f} | {p.max_gap_ms:.1f} | "
             f"{p.cpu_per_call_percent:.2f} | {p.agent_cpu_percent:.0f} | {p.load_average:.1f} |"
         )
-    good = [p for p in points if p.jitter_p99_ms < 2.0 and p.alive == p.calls]
+    good = [p for p in points if p.jitter_p99_ms < 2.0 and p.alive == p.calls and p.frames_in >= 49.5]
     if good:
         best = max(good, key=lambda p: p.calls)
         lines.append("")
