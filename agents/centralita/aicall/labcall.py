@@ -641,6 +641,8 @@ def _call_main() -> int:
 # -- the demo ---------------------------------------------------------------------------
 
 STAND_IN_PORT = 8765
+# The model stand-ins the agents role runs on the VM: unit name -> loopback port.
+STAND_IN_PORTS = {"fake-realtime": STAND_IN_PORT, "fake-live": 8768}
 DEMO_CALLER = "3001234567"  # the demo ISP's customer Ana Gomez (the MikroTik stand-in's data)
 DEMO_SCRIPT: dict[str, Any] = {
     "greeting": "Hola, soy el asistente virtual de soporte. ¿En qué le puedo ayudar?",
@@ -668,15 +670,16 @@ DEMO_UTTERANCES = [Utterance(4.0, "Hola no tengo internet en mi casa"), Utteranc
 _VM_PY = "import json, sys, urllib.request\n"
 
 
-def stand_in_request(lab: Any, vm: str, path: str) -> dict[str, Any] | None:
-    """GET a control path of the Realtime stand-in on the VM (its key from its env file); None if it is not there."""
+def stand_in_request(lab: Any, vm: str, path: str, stand_in: str = "fake-realtime") -> dict[str, Any] | None:
+    """GET a control path of a model stand-in on the VM (its key from its env file); None if it is not there."""
+    port = STAND_IN_PORTS[stand_in]
     code = (
         "key = ''\n"
-        "with open('/etc/centralita/fake-realtime.env') as f:\n"
+        f"with open('/etc/centralita/{stand_in}.env') as f:\n"
         "    for line in f:\n"
         "        if line.startswith('OPENAI_API_KEY='):\n"
         "            key = line.split('=', 1)[1].strip().strip(chr(34) + chr(39))\n"
-        f"req = urllib.request.Request('http://127.0.0.1:{STAND_IN_PORT}' + sys.argv[1])\n"
+        f"req = urllib.request.Request('http://127.0.0.1:{port}' + sys.argv[1])\n"
         "if key: req.add_header('Authorization', 'Bearer ' + key)\n"
         "try:\n"
         "    sys.stdout.write(urllib.request.urlopen(req, timeout=10).read().decode())\n"
