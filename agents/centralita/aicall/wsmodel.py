@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import bisect
-import collections
 import contextlib
 import json
 import os
 import struct
 import time
+from array import array
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,6 +47,41 @@ def read_in_small_chunks(transport: Any) -> None:
     """Make a selector transport read ``READ_SIZE`` at a time (other transports are left as they are)."""
     if isinstance(getattr(transport, "max_size", None), int):
         transport.max_size = READ_SIZE
+
+
+class AudioMarks:
+    """The last ``keep`` marks (position in ms of input audio sent, monotonic time it left).
+
+    Two flat arrays rather than a deque of tuples: a mark per 20 ms per call would otherwise
+    be a new object for the garbage collector to count and, in every full collection, to
+    walk (200 calls keep 600,000 of them), pausing every call's audio while it does.
+    """
+
+    def __init__(self, keep: int = 3000) -> None:
+        self.keep = keep
+        self._positions = array("q")
+        self._times = array("d")
+
+    def add(self, position_ms: int, at: float) -> None:
+        positions = self._positions
+        if len(positions) >= 2 * self.keep:  # trimmed in bulk: one move per ``keep`` marks
+            del positions[: -self.keep]
+            del self._times[: -self.keep]
+        positions.append(position_ms)
+        self._times.append(at)
+
+    def sent_at(self, position_ms: int) -> float | None:
+        """The time of the first mark at or after ``position_ms`` among the last ``keep``."""
+        positions = self._positions
+        if position_ms < 0 or not positions:
+            return None
+        index = bisect.bisect_left(positions, position_ms, max(0, len(positions) - self.keep))
+        if index >= len(positions):
+            return None
+        return self._times[index]
+
+    def __len__(self) -> int:
+        return min(len(self._positions), self.keep)
 
 
 class MaskKeys:
@@ -119,7 +154,7 @@ class WebsocketModelSession(ModelSession):
 
     def _reset_audio(self) -> None:
         self._buffer_ms = 0  # input audio sent on this socket, in ms (the server's audio clock)
-        self._audio_marks: collections.deque[tuple[int, float]] = collections.deque(maxlen=3000)
+        self._audio_marks = AudioMarks()
 
     async def _open(self, endpoint: str) -> ClientConnection:
         """A connected socket, or :class:`ModelUnavailable` saying why not."""
@@ -167,20 +202,14 @@ class WebsocketModelSession(ModelSession):
 
     def audio_sent_at(self, position_ms: int) -> float | None:
         """When the input audio at ``position_ms`` of this socket's buffer was sent (monotonic)."""
-        marks = self._audio_marks
-        if not marks or position_ms < 0:
-            return None
-        index = bisect.bisect_left(marks, (position_ms, 0.0))
-        if index >= len(marks):
-            return None
-        return marks[index][1]
+        return self._audio_marks.sent_at(position_ms)
 
     def send_audio(self, audio: bytes) -> None:
         ws = self._ws
         if ws is None:
             return
         self._buffer_ms += g711.duration_ms(audio)
-        self._audio_marks.append((self._buffer_ms, time.monotonic()))
+        self._audio_marks.add(self._buffer_ms, time.monotonic())
         self.sent_audio_bytes += len(audio)
         # The event is built as bytes: base64 is ASCII, so no text round trip is needed.
         message = self._audio_prefix + base64.b64encode(audio) + b'"}'

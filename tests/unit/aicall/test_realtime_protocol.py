@@ -22,9 +22,12 @@ from centralita.aicall.provider import (
     Transcript,
 )
 from centralita.aicall.realtime import RealtimeSession, history_items, session_update
+from centralita.aicall.wsmodel import AudioMarks, MaskKeys, masked_text_frame
 from centralita.fakes.realtime import FakeRealtime, Script, Turn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import OP_TEXT, Frame
+from websockets.streams import StreamReader
 
 CONFIG = SessionConfig(
     "Eres un asistente.",
@@ -220,3 +223,41 @@ def test_the_stand_in_pings_and_closes_1011_when_pongs_stop() -> None:
 
     missed, pongs = run(scenario())
     assert len(pongs) >= 2 and missed == 1
+
+
+def _parse_client_frame(data: bytes) -> tuple[Frame, int]:
+    reader = StreamReader()
+    reader.feed_data(data)
+    parser = Frame.parse(reader.read_exact, mask=True)
+    with pytest.raises(StopIteration) as done:
+        next(parser)
+    return done.value.value, len(reader.buffer)
+
+
+@pytest.mark.parametrize("size", [10, 125, 126, 800, 65536])
+def test_audio_frames_are_whole_masked_text_frames_each_with_its_own_key(size: int) -> None:
+    payload = json.dumps({"type": "input_audio_buffer.append", "audio": "A" * size}).encode()
+    first, second = masked_text_frame(payload), masked_text_frame(payload)
+    frame, left = _parse_client_frame(first)
+    assert (frame.opcode, frame.fin, frame.data, left) == (OP_TEXT, True, payload, 0)
+    assert _parse_client_frame(second)[0].data == payload
+    assert first != second, "a fresh masking key per frame"
+
+
+def test_masking_keys_come_in_batches_and_never_repeat_within_one() -> None:
+    keys = MaskKeys(batch=8)
+    drawn = [keys.next() for _ in range(24)]
+    assert all(len(key) == 4 for key in drawn)
+    assert len(set(drawn)) > 20  # random 32-bit keys: a repeat among 24 is all but impossible
+
+
+def test_audio_marks_answer_from_the_last_frames_only() -> None:
+    marks = AudioMarks(keep=5)
+    assert marks.sent_at(0) is None
+    for index in range(1, 13):  # 20 ms frames sent at t = 100 + index
+        marks.add(20 * index, 100.0 + index)
+    assert len(marks) == 5  # frames 8 to 12 kept
+    assert marks.sent_at(200) == 110.0, "the frame that holds ms 200"
+    assert marks.sent_at(201) == 111.0, "the first frame at or after"
+    assert marks.sent_at(20) == 108.0, "older than what is kept: the oldest kept"
+    assert marks.sent_at(241) is None and marks.sent_at(-1) is None
