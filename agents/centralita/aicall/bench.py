@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from array import array
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,7 +151,7 @@ def generator_main(argv: list[str]) -> int:
 class _TimedRealtime(RealtimeSession):
     """RealtimeSession that times each audio frame from hand-over to socket write."""
 
-    def __init__(self, latencies: collections.deque[float], **kwargs: Any) -> None:
+    def __init__(self, latencies: array, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._stamps: collections.deque[float | None] = collections.deque()
         self._latencies = latencies
@@ -261,7 +262,7 @@ async def run_point(
     )  # fmt: skip
     pacer = Pacer()
     metrics = AicallMetrics()
-    inbound: collections.deque[float] = collections.deque(maxlen=200_000)
+    inbound = array("d")  # flat arrays: samples the garbage collector never walks
     sessions: list[CallSession] = []
     tasks: list[asyncio.Task[CallRecord]] = []
     medias: list[RtpMedia] = []
@@ -296,8 +297,8 @@ async def run_point(
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=_pin(helper_cores, realtime),
         )  # fmt: skip
         await asyncio.sleep(WARM_UP_S)
-        inbound.clear()
-        pacer.lateness = []
+        del inbound[:]
+        pacer.lateness = array("d")
         pacer.passes = []
         cpu, wall = time.process_time(), time.perf_counter()
         result = await _read_json_line(generator, seconds + 30)
