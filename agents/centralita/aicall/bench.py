@@ -48,6 +48,7 @@ from centralita.aicall.session import CallPolicy, CallSession
 from centralita.aicall.tools.base import ToolBox
 
 WARM_UP_S = 2.0
+CALLER_SLOTS = 20  # the callers' frames leave in this many groups per 20 ms, as independent calls' do
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's value; Python does not export the name
 
 
@@ -96,17 +97,22 @@ async def _generate(targets: list[tuple[str, int]], seconds: float, law: str) ->
         loop.add_reader(caller.sock.fileno(), caller.readable)
         callers.append((caller, target))
     silence = g711.silence(law)
+    # Real calls start at random moments, so their frames reach the agent spread over the 20 ms,
+    # not all at once: each caller sends in one of CALLER_SLOTS slots, 1 ms apart.
+    slots = [callers[index::CALLER_SLOTS] for index in range(CALLER_SLOTS)]
+    step = g711.FRAME_MS / 1000 / CALLER_SLOTS
     sequence, timestamp = 0, 0
     due = started = loop.time()
     end = due + seconds
     while loop.time() < end:
         # every caller sends the same packet in a round: built once, so the generator keeps pace at 200 calls
         packet = RtpPacket(PAYLOAD_TYPES[law], sequence & 0xFFFF, timestamp & 0xFFFFFFFF, 0x42, silence).encode()
-        for caller, target in callers:
-            caller.sock.sendto(packet, target)
+        for slot in slots:
+            for caller, target in slot:
+                caller.sock.sendto(packet, target)
+            due += step
+            await asyncio.sleep(max(0.0, due - loop.time()))
         sequence, timestamp = sequence + 1, timestamp + g711.FRAME_BYTES
-        due += g711.FRAME_MS / 1000
-        await asyncio.sleep(max(0.0, due - loop.time()))
     send_rate = sequence / (loop.time() - started)  # under 50 when this process could not keep pace
     jitter: list[float] = []
     worst = 0.0
