@@ -69,10 +69,12 @@ class AiLine:
     def __init__(self, lab, vm_exec) -> None:
         self.lab = lab
         self.vm_exec = vm_exec
+        self.stand_in = "fake-realtime"  # the model stand-in the agent's provider reaches
 
     def script(self, **fields: Any) -> None:
-        """The Realtime stand-in's script for the calls placed from now on."""
-        answer = stand_in_request(self.lab.lab, self.lab.vm, "/_stand-in/script?set=" + quote(json.dumps(fields)))
+        """The model stand-in's script for the calls placed from now on."""
+        path = "/_stand-in/script?set=" + quote(json.dumps(fields))
+        answer = stand_in_request(self.lab.lab, self.lab.vm, path, self.stand_in)
         assert answer is not None and "script" in answer, f"the stand-in refused the script: {answer}"
 
     def router(self, delays: dict[str, float] | None = None, failures: dict[str, int] | None = None) -> None:
@@ -97,8 +99,8 @@ class AiLine:
 
     def connections(self, since: float) -> list[dict[str, Any]]:
         """The stand-in's summaries of the model sessions opened since ``since``."""
-        state = stand_in_request(self.lab.lab, self.lab.vm, "/_stand-in/state")
-        assert state is not None, "the Realtime stand-in's control path did not answer"
+        state = stand_in_request(self.lab.lab, self.lab.vm, "/_stand-in/state", self.stand_in)
+        assert state is not None, f"the {self.stand_in} stand-in's control path did not answer"
         return [c for c in state["connections"] if c["opened_at"] >= since - 1]
 
     def leftovers(self, timeout: float = 15) -> dict[str, list]:
@@ -481,3 +483,68 @@ def test_an_asterisk_restart_ends_the_call_cleanly_and_the_next_call_is_answered
     assert again.heard_between(0, 4) >= 1.0, "the call after the restart was answered by the assistant"
     assert line.record(caller, since)["end_reason"] == "caller_hangup"
     line.assert_clean()
+
+
+# -- the same calls through OpenAI GPT-Live sessions ------------------------------------------
+
+
+def _set_provider(vm_exec, provider: str) -> None:
+    """Switch the deployed agent's model provider (its env file, then a restart) and wait for its app."""
+    vm_exec(f"sed -i \"s/^AICALL_PROVIDER=.*/AICALL_PROVIDER='{provider}'/\" {AICALL_ENV}")
+    vm_exec("systemctl restart centralita-aicall", timeout=60)
+    deadline = time.monotonic() + 60
+    while "centralita-ai" not in vm_exec("asterisk -rx 'ari show apps'", check=False):
+        assert time.monotonic() < deadline, "the agent did not register its Stasis app after the restart"
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def live_line(line: AiLine, vm_exec) -> Iterator[AiLine]:
+    """The AI line with the agent on GPT-Live (``AICALL_PROVIDER=live``), back on Realtime afterwards."""
+    if vm_exec("systemctl is-active centralita-fake-live", check=False).strip() != "active":
+        pytest.fail("the GPT-Live stand-in (centralita-fake-live) is not running: converge the lab", pytrace=False)
+    line.stand_in = "fake-live"
+    _set_provider(vm_exec, "live")
+    try:
+        line.reset()
+        yield line
+    finally:
+        line.reset()
+        line.stand_in = "fake-realtime"
+        _set_provider(vm_exec, "realtime")
+
+
+def test_a_gpt_live_session_answers_runs_a_tool_and_ends_the_call(live_line: AiLine, vm_exec) -> None:
+    live_line.script(
+        greeting="Hola, soy el asistente virtual.",
+        greeting_ms=2000,
+        turns=[
+            {"transcript": "Quiero saber el estado de mi servicio", "reply": "Su servicio está activo.",
+             "reply_ms": 2000},
+            {"transcript": "Eso es todo gracias", "tool": "end_call", "arguments": {"reason": "resuelto"},
+             "after_tool": "Hasta luego.", "after_tool_ms": 1500},
+        ],
+    )  # fmt: skip
+    result, caller, since = live_line.call(
+        [Utterance(3.0, "Quiero saber el estado de mi servicio"), Utterance(10.0, "Eso es todo gracias")],
+        hangup_after=30,
+    )
+    first_end, second_end = result.speech[0][1], result.speech[1][1]
+
+    assert result.ended_by == "remote", "the assistant ended the call through end_call"
+    assert result.payload_types == [0], "G.711 µ-law end to end"
+    assert result.heard_between(0, 3.0) >= 1.5, f"greeting not heard: {result.windows}"
+    assert result.heard_between(first_end, 10.0) >= 1.5, f"reply not heard: {result.windows}"
+    assert result.heard_between(second_end, result.duration) >= 1.2, "the goodbye was played to the end"
+
+    (conn,) = live_line.connections(since)
+    assert conn["invalid"] == [] and conn["errors"] == []
+    assert conn["audio_in_ms"] >= 8000, "the caller's RTP stream reached the GPT-Live session"
+
+    record = live_line.record(caller, since)
+    assert record["end_reason"] == "assistant_hangup"
+    assert texts(record, "caller") == ["Quiero saber el estado de mi servicio", "Eso es todo gracias"]
+    assert texts(record, "assistant") == ["Hola, soy el asistente virtual.", "Su servicio está activo.", "Hasta luego."]
+    assert [(t["name"], t["outcome"]) for t in record["tools"]] == [("end_call", "ok")]
+    assert int(record["total_tokens"]) > 0
+    live_line.assert_clean()

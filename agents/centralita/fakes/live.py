@@ -32,10 +32,9 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -43,6 +42,7 @@ from centralita.aicall import g711
 from centralita.aicall.wsmodel import read_in_small_chunks
 from centralita.fakes.realtime import (
     AUDIO_CHUNK_MS,
+    CONTROL_PREFIX,
     SPEECH_RMS,
     ConnectionLog,
     Script,
@@ -189,6 +189,8 @@ class FakeLive(StandInServer):
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)
+        if parts.path.startswith(CONTROL_PREFIX):
+            return self._control(request, parts.path[len(CONTROL_PREFIX) :].strip("/"), parse_qs(parts.query))
         if parts.path != PATH:
             return connection.respond(http.HTTPStatus.NOT_FOUND, "unknown path\n")
         if parts.query:
@@ -200,12 +202,6 @@ class FakeLive(StandInServer):
         if self.script.refuse or (self.script.refuse_after_drop and self._dropped):
             return self._json_error(503, "server_error", "service_unavailable", "The server is overloaded.")
         return None
-
-    @staticmethod
-    def _json_error(status: int, kind: str, code: str, message: str) -> Response:
-        body = json.dumps({"error": {"message": message, "type": kind, "code": code, "param": None}}).encode()
-        headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-        return Response(status, http.HTTPStatus(status).phrase, headers, body)
 
     async def _handle(self, ws: ServerConnection) -> None:
         read_in_small_chunks(ws.transport)  # as the agent does: no memory mapping per read

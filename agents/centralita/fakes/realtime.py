@@ -231,14 +231,63 @@ async def keepalive_pings(ws: ServerConnection, log: ConnectionLog, interval: fl
 
 class StandInServer:
     """The websocket server half of a model stand-in: serving on ``path``, start/stop (also as an
-    async context manager) and event ids. Subclasses set ``host``, ``port``, ``_server = None`` and
-    ``_ids = itertools.count(1)``, and define ``_handle`` and ``_check_request``."""
+    async context manager), event ids, JSON error answers and the control paths under
+    ``CONTROL_PREFIX`` (script, state, reset). Subclasses set ``host``, ``port``, ``api_key``,
+    ``script``, ``connections``, ``_dropped = False``, ``_server = None`` and
+    ``_ids = itertools.count(1)``, and define ``_handle`` and ``_check_request`` (which hands
+    control paths to ``_control``)."""
 
     path = "/"
     host: str
     port: int
+    api_key: str | None
+    script: Script
+    connections: list[Any]
+    _dropped: bool
     _server: Server | None
     _ids: Iterator[int]
+
+    def set_script(self, script: Script) -> None:
+        """Sessions opened from now on follow ``script`` (open ones keep theirs); the one drop is re-armed."""
+        self.script = script
+        self._dropped = False
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "script": asdict(self.script),
+            "dropped": self._dropped,
+            "connections": [c.summary() for c in self.connections],
+        }
+
+    def _control(self, request: Request, action: str, query: dict[str, list[str]]) -> Response:
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            return self._json_error(401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided.")
+        if action == "state":
+            return self._json(200, self.state())
+        if action == "script":
+            if "set" not in query:
+                return self._json(200, {"script": asdict(self.script)})
+            try:
+                script = Script.from_json(json.loads(query["set"][0]))
+            except ValueError as exc:
+                return self._json_error(400, "invalid_request_error", "invalid_script", f"bad script: {exc}")
+            self.set_script(script)
+            log.info("stand-in: new script with %d turns", len(script.turns))
+            return self._json(200, {"script": asdict(script)})
+        if action == "reset":
+            self.connections.clear()
+            return self._json(200, {"connections": 0})
+        return self._json_error(404, "invalid_request_error", "unknown_path", f"no control path {action!r}")
+
+    @staticmethod
+    def _json(status: int, data: Any) -> Response:
+        body = json.dumps(data).encode()
+        headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return Response(status, http.HTTPStatus(status).phrase, headers, body)
+
+    @classmethod
+    def _json_error(cls, status: int, kind: str, code: str, message: str) -> Response:
+        return cls._json(status, {"error": {"message": message, "type": kind, "code": code, "param": None}})
 
     @property
     def url(self) -> str:
@@ -307,38 +356,6 @@ class FakeRealtime(StandInServer):
         self._ids = itertools.count(1)
         self._dropped = False
 
-    def set_script(self, script: Script) -> None:
-        """Sessions opened from now on follow ``script`` (open ones keep theirs); the one drop is re-armed."""
-        self.script = script
-        self._dropped = False
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "script": asdict(self.script),
-            "dropped": self._dropped,
-            "connections": [c.summary() for c in self.connections],
-        }
-
-    def _control(self, request: Request, action: str, query: dict[str, list[str]]) -> Response:
-        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
-            return self._json_error(401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided.")
-        if action == "state":
-            return self._json(200, self.state())
-        if action == "script":
-            if "set" not in query:
-                return self._json(200, {"script": asdict(self.script)})
-            try:
-                script = Script.from_json(json.loads(query["set"][0]))
-            except ValueError as exc:
-                return self._json_error(400, "invalid_request_error", "invalid_script", f"bad script: {exc}")
-            self.set_script(script)
-            log.info("stand-in: new script with %d turns", len(script.turns))
-            return self._json(200, {"script": asdict(script)})
-        if action == "reset":
-            self.connections.clear()
-            return self._json(200, {"connections": 0})
-        return self._json_error(404, "invalid_request_error", "unknown_path", f"no control path {action!r}")
-
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)
         if parts.path.startswith(CONTROL_PREFIX):
@@ -352,16 +369,6 @@ class FakeRealtime(StandInServer):
         if self.script.refuse or (self.script.refuse_after_drop and self._dropped):
             return self._json_error(503, "server_error", "service_unavailable", "The server is overloaded.")
         return None
-
-    @staticmethod
-    def _json(status: int, data: Any) -> Response:
-        body = json.dumps(data).encode()
-        headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-        return Response(status, http.HTTPStatus(status).phrase, headers, body)
-
-    @classmethod
-    def _json_error(cls, status: int, kind: str, code: str, message: str) -> Response:
-        return cls._json(status, {"error": {"message": message, "type": kind, "code": code, "param": None}})
 
     async def _handle(self, ws: ServerConnection) -> None:
         read_in_small_chunks(ws.transport)  # as the agent does: no memory mapping per read

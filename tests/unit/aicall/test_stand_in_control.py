@@ -12,6 +12,7 @@ from urllib.parse import quote
 import pytest
 from centralita.aicall.tools.base import ToolError
 from centralita.aicall.tools.mikrotik import HttpApiBackend
+from centralita.fakes.live import FakeLive
 from centralita.fakes.mikrotik import FakeMikrotik
 from centralita.fakes.realtime import FakeRealtime, Script, running_in_thread
 from websockets.exceptions import InvalidStatus
@@ -40,7 +41,7 @@ def post(url: str, body: Any) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read())
 
 
-def base(fake: FakeRealtime) -> str:
+def base(fake: FakeRealtime | FakeLive) -> str:
     return f"http://{fake.host}:{fake.port}/_stand-in"
 
 
@@ -66,8 +67,9 @@ def test_a_script_set_over_the_control_path_drives_the_next_sessions() -> None:
         assert summary["sent"]["response.done"] == 1
 
 
-def test_a_bad_script_or_key_is_refused_with_the_reason() -> None:
-    with running_in_thread(FakeRealtime(api_key=KEY)) as fake:
+@pytest.mark.parametrize("stand_in", [FakeRealtime, FakeLive])
+def test_a_bad_script_or_key_is_refused_with_the_reason(stand_in: type) -> None:
+    with running_in_thread(stand_in(api_key=KEY, validate=False)) as fake:
         status, answer = get(f"{base(fake)}/script?set={quote(json.dumps({'greting': 'x'}))}")
         assert status == 400 and "greting" in answer["error"]["message"]
         status, answer = get(f"{base(fake)}/script?set={quote('[1, 2]')}")
@@ -75,6 +77,17 @@ def test_a_bad_script_or_key_is_refused_with_the_reason() -> None:
         assert get(f"{base(fake)}/state", key="wrong")[0] == 401
         assert get(f"{base(fake)}/nothing")[0] == 404
         assert fake.script == Script()
+
+
+def test_the_gpt_live_stand_in_takes_its_script_over_the_same_control_path() -> None:
+    with running_in_thread(FakeLive(api_key=KEY, validate=False)) as fake:
+        script = {"greeting": "Buenas.", "turns": [{"transcript": "hola", "tool": "end_call"}]}
+        status, answer = get(f"{base(fake)}/script?set={quote(json.dumps(script))}")
+        assert status == 200 and answer["script"]["turns"][0]["tool"] == "end_call"
+        assert fake.script.greeting == "Buenas."
+        status, state = get(f"{base(fake)}/state")
+        assert status == 200 and state["connections"] == [] and state["script"]["greeting"] == "Buenas."
+        assert get(f"{base(fake)}/reset")[1] == {"connections": 0}
 
 
 def test_a_refusing_script_makes_new_sessions_fail_as_an_outage_does() -> None:
