@@ -7,8 +7,10 @@ to every call at real-time pace, and an RTP generator in a third process plays N
 callers (20 ms frames in, paced frames out) and measures what a caller receives.
 
 Measured per load point:
-- inbound added latency: a caller frame handed to the agent's Python code until its
-  ``input_audio_buffer.append`` is written to the model socket (p50/p99);
+- inbound added latency: a caller frame sent by its caller until its
+  ``input_audio_buffer.append`` is written to the model socket (p50/p99): the kernel, the
+  wait for the event loop, the call logic and the framing (the callers put their send time
+  in the RTP SSRC, on the host's monotonic clock);
 - outbound added latency: a frame's due time on the 20 ms clock until it is sent (p50/p99);
 - outbound pacing jitter at the callers: |inter-arrival - 20 ms| (p50/p99, worst gap);
 - the callers' real send rate (frames per call and second): a busy helper core sends fewer than
@@ -105,10 +107,13 @@ async def _generate(targets: list[tuple[str, int]], seconds: float, law: str) ->
     due = started = loop.time()
     end = due + seconds
     while loop.time() < end:
-        # every caller sends the same packet in a round: built once, so the generator keeps pace at 200 calls
-        packet = RtpPacket(PAYLOAD_TYPES[law], sequence & 0xFFFF, timestamp & 0xFFFFFFFF, 0x42, silence).encode()
+        # one packet per round, only its SSRC rewritten per caller: the send time (see _TimedRtpMedia)
+        packet = bytearray(
+            RtpPacket(PAYLOAD_TYPES[law], sequence & 0xFFFF, timestamp & 0xFFFFFFFF, 0, silence).encode()
+        )
         for slot in slots:
             for caller, target in slot:
+                packet[8:12] = _clock_us().to_bytes(4, "big")
                 caller.sock.sendto(packet, target)
             due += step
             await asyncio.sleep(max(0.0, due - loop.time()))
@@ -154,28 +159,55 @@ def generator_main(argv: list[str]) -> int:
 # the agent's side (this process) ---------------------------------------------------------------
 
 
+def _clock_us() -> int:
+    """The host's monotonic clock in µs, 32 bits: shared by the callers' process and this one."""
+    return (time.monotonic_ns() // 1000) & 0xFFFFFFFF
+
+
+class _TimedRtpMedia(RtpMedia):
+    """RtpMedia that notes when each caller frame was sent: the callers put that time in the SSRC."""
+
+    model: _TimedRealtime | None = None
+
+    def _received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.model is not None and len(data) >= 12:
+            self.model.sent_at.append(int.from_bytes(data[8:12], "big"))
+        super()._received(data, addr)
+
+
 class _TimedRealtime(RealtimeSession):
-    """RealtimeSession that times each audio frame from hand-over to socket write."""
+    """RealtimeSession that times each caller frame from the caller's send to the model socket write.
+
+    That covers the kernel, the wait for the event loop to read the socket, the call logic and
+    the framing; a frame that goes through the writer task is timed when the task wrote it.
+    """
 
     def __init__(self, latencies: array, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._stamps: collections.deque[float | None] = collections.deque()
+        self.sent_at: collections.deque[int] = collections.deque(maxlen=100)
+        self._stamps: collections.deque[list[int] | None] = collections.deque()
         self._latencies = latencies
 
     def _send(self, event: dict[str, Any]) -> None:
         self._stamps.append(None)
         super()._send(event)
 
+    def _done(self, sent: list[int]) -> None:
+        now = _clock_us()
+        self._latencies.extend(((now - at) & 0xFFFFFFFF) / 1e6 for at in sent)
+
     def send_audio(self, audio: bytes) -> None:
         if self._ws is None:
+            self.sent_at.clear()
             return
-        started = time.perf_counter()
+        frames = max(1, len(audio) // g711.FRAME_BYTES)  # AICALL_INPUT_FRAMES: the oldest waited longest
+        sent = [self.sent_at.popleft() for _ in range(min(frames, len(self.sent_at)))]
         queued = self._outbox.qsize()
         super().send_audio(audio)
         if self._outbox.qsize() > queued:
-            self._stamps.append(started)  # went through the writer task: timed when written
+            self._stamps.append(sent)  # went through the writer task: timed when written
         else:
-            self._latencies.append(time.perf_counter() - started)  # written at once
+            self._done(sent)  # written at once
 
     async def _write(self, ws: Any) -> None:
         from websockets.exceptions import ConnectionClosed
@@ -190,7 +222,7 @@ class _TimedRealtime(RealtimeSession):
                 finally:
                     self._writing = False
                 if stamp is not None:
-                    self._latencies.append(time.perf_counter() - stamp)
+                    self._done(stamp)
         except ConnectionClosed:
             return
 
@@ -277,10 +309,11 @@ async def run_point(
         url = (await _read_json_line(fake, 20))["url"]
         config = SessionConfig("bench", "marin", law)
         for index in range(calls):
-            media = RtpMedia(law, pacer, name=f"bench-{index}")
+            media = _TimedRtpMedia(law, pacer, name=f"bench-{index}")
             await media.start()
             medias.append(media)
             model = _TimedRealtime(inbound, url=url, model="bench", api_key="bench", config=config)
+            media.model = model
             session = CallSession(
                 record=CallRecord(f"bench-{index}", "caller", "did"),
                 media=media,
