@@ -35,9 +35,9 @@ from centralita.aicall.provider import ModelSession, ModelUnavailable
 
 # Past this many bytes waiting in the socket's buffer, audio goes through the writer's queue.
 WRITE_BUFFER_LIMIT = 64 * 1024
-# asyncio's selector transports read with a 256 KiB buffer, which the C library serves with a fresh
-# memory mapping per read (about 30 µs per read here); 64 KiB stays below that threshold and still
-# holds any model event in one read.
+# asyncio's selector transports read with a 256 KiB buffer, which the C library may serve with a fresh
+# memory mapping per read (about 30 µs per read, measured alone); 64 KiB stays below that threshold and
+# still holds any model event in one read.
 READ_SIZE = 64 * 1024
 _TEXT_FRAME = 0x81  # FIN and opcode 1 (RFC 6455 section 5.2): a whole text message in one frame
 _MASKED = 0x80
