@@ -157,11 +157,16 @@ class CpuUse:
     kamailio: float = 0.0
     mariadb: float = 0.0
     sipp: float = 0.0
+    # CPU time per call (ms), counted until the step's last CDR was in the database: work queued during
+    # the load (CDRs, traces) and done after it is the step's too
+    kamailio_ms: float = 0.0
+    mariadb_ms: float = 0.0
 
     def text(self) -> str:
         return (
             f"{self.vm_cpus} CPUs {self.vm_busy:.0%} busy, kamailio {self.kamailio:.0%}, "
-            f"mariadb {self.mariadb:.0%}, SIPp (host) {self.sipp:.0%} of one CPU"
+            f"mariadb {self.mariadb:.0%}, SIPp (host) {self.sipp:.0%} of one CPU; per call: "
+            f"kamailio {self.kamailio_ms:.2f} ms, mariadb {self.mariadb_ms:.2f} ms"
         )
 
 
@@ -313,17 +318,22 @@ class Bench:
         return time.monotonic(), (values + [0] * 6)[:6]
 
     @staticmethod
-    def cpu_use(before: tuple[float, list[int]], after: tuple[float, list[int]], sipp_s: float) -> CpuUse:
+    def cpu_use(before: tuple[float, list[int]], after: tuple[float, list[int]], sipp_s: float,
+                drained: tuple[float, list[int]], calls: int) -> CpuUse:  # fmt: skip
+        """Shares of one CPU while the load ran (``before`` to ``after``); CPU per call up to ``drained``."""
         elapsed = max(after[0] - before[0], 1e-3)
         busy, total, kam, maria, cpus = (a - b for a, b in zip(after[1][:5], before[1][:5], strict=True))
         cpus = after[1][4] or 1
         hz = 100  # USER_HZ of Linux /proc
+        calls = max(calls, 1)
         return CpuUse(
             vm_busy=busy / total if total else 0.0,
             vm_cpus=cpus,
             kamailio=kam / hz / elapsed,
             mariadb=maria / hz / elapsed,
             sipp=sipp_s / elapsed,
+            kamailio_ms=(drained[1][2] - before[1][2]) / hz * 1000 / calls,
+            mariadb_ms=(drained[1][3] - before[1][3]) / hz * 1000 / calls,
         )
 
     def step(self, rate: int, port: int, count_cdrs: bool) -> StepResult:
@@ -365,7 +375,6 @@ class Bench:
         sipp_s = (children_after.ru_utime + children_after.ru_stime) - (
             children_before.ru_utime + children_before.ru_stime
         )
-        cpu = self.cpu_use(cpu_before, cpu_after, sipp_s)
         cdrs = None
         if count_cdrs:
             deadline = time.monotonic() + CDR_WAIT_S
@@ -379,6 +388,7 @@ class Bench:
                 if cdrs >= ok or time.monotonic() > deadline:
                     break
                 time.sleep(2)
+        cpu = self.cpu_use(cpu_before, cpu_after, sipp_s, self.cpu_sample() if count_cdrs else cpu_after, calls)
         return StepResult(rate, calls, ok, failed, cdrs, cpu)
 
     def ladder(self, port: int, count_cdrs: bool, label: str, rates: list[int]) -> int:
