@@ -32,6 +32,13 @@ SERVER_EVENTS = TypeAdapter(RealtimeServerEvent)
 CLIENT_EVENTS = TypeAdapter(RealtimeClientEvent)
 
 
+def cue_ms(media: Any) -> int:
+    """How much of the agent's own waiting cue reached the caller (played while a tool ran long)."""
+    from centralita.aicall.session import CUE_PREFIX
+
+    return sum(media.played_ms(item) for item in list(media.playout.played_bytes) if item.startswith(CUE_PREFIX))
+
+
 def run(coro: Coroutine[Any, Any, Any], timeout: float = 60) -> Any:
     """Run one scenario on a fresh loop, bounded in time, and check it leaked no task."""
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from aicall_harness import RecordingControl, RtpPeer, run
+from aicall_harness import RecordingControl, RtpPeer, cue_ms, run
 from centralita.aicall.live import LiveSession
 from centralita.aicall.metrics import AicallMetrics
 from centralita.aicall.provider import SessionConfig
@@ -128,7 +128,9 @@ def test_a_call_with_end_call_on_the_backend_hangs_up_after_the_farewell() -> No
     (tool,) = record.tools
     assert tool.name == "end_call" and tool.outcome == "ok"
     assert [o[1] for o in conn.function_outputs] == ['{"ok":true}'], "the output went after the backend's response"
-    assert 2800 <= rig.peer.loud_ms() <= 3000, "greeting 1.5 s + 0.6 s + farewell 0.8 s, nothing lost or doubled"
+    # the waiting cue plays too if the backend is slow to answer the tool call (a busy host)
+    heard = rig.peer.loud_ms() - cue_ms(rig.media)
+    assert 2800 <= heard <= 3000, "greeting 1.5 s + 0.6 s + farewell 0.8 s, nothing lost or doubled"
     assert [t.latency_ms is not None for t in record.turns] == [True, True], "first-audio latency of both turns"
     assert record.total("total_tokens") > 0, "the backend's token usage is recorded"
     assert any("live_audio_seconds" in u.usage for u in record.usage), "and the session's audio seconds"
