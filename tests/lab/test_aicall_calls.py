@@ -97,11 +97,26 @@ class AiLine:
         assert record is not None, f"no finished aicall_calls row for caller {caller}"
         return record
 
-    def connections(self, since: float) -> list[dict[str, Any]]:
-        """The stand-in's summaries of the model sessions opened since ``since``."""
-        state = stand_in_request(self.lab.lab, self.lab.vm, "/_stand-in/state", self.stand_in)
-        assert state is not None, f"the {self.stand_in} stand-in's control path did not answer"
-        return [c for c in state["connections"] if c["opened_at"] >= since - 1]
+    def connections(self, since: float, expected: int = 1) -> list[dict[str, Any]]:
+        """The stand-in's summaries of the model sessions opened since ``since`` (``expected`` of them).
+
+        Polled for a few seconds; when they do not all appear, the failure shows what the stand-in
+        holds, so a missing session can be told from a stand-in that restarted or a clock apart.
+        """
+        deadline = time.monotonic() + 10
+        while True:
+            state = stand_in_request(self.lab.lab, self.lab.vm, "/_stand-in/state", self.stand_in)
+            assert state is not None, f"the {self.stand_in} stand-in's control path did not answer"
+            found = [c for c in state["connections"] if c["opened_at"] >= since - 1]
+            if len(found) >= expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert len(found) == expected, (
+            f"{len(found)} model sessions since {since:.3f}, expected {expected}; the {self.stand_in} stand-in "
+            f"holds {len(state['connections'])}, opened at "
+            f"{[round(c['opened_at'], 3) for c in state['connections'][-5:]]} (host time now {time.time():.3f})"
+        )
+        return found
 
     def leftovers(self, timeout: float = 15) -> dict[str, list]:
         """Channels and bridges ARI still lists (polled until none or ``timeout``)."""
@@ -411,7 +426,7 @@ def test_a_dropped_model_socket_is_restored_and_the_conversation_goes_on(line: A
     result, caller, since = line.call([Utterance(2.0, "Hola"), Utterance(8.0, "Sigue ahi")], hangup_after=14)
     first_end, (second_start, second_end) = result.speech[0][1], result.speech[1]
 
-    first, second = line.connections(since)
+    first, second = line.connections(since, expected=2)
     assert first["close_code"] != 1000, "the stand-in cut the first session"
     assert second["received"].get("conversation.item.create", 0) >= 2, "the conversation was replayed"
     assert result.heard_between(first_end, second_start) >= 0.8, "the assistant apologised and went on"
