@@ -32,9 +32,9 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult
 
-from websockets.asyncio.server import Server, ServerConnection
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -42,7 +42,6 @@ from centralita.aicall import g711
 from centralita.aicall.wsmodel import read_in_small_chunks
 from centralita.fakes.realtime import (
     AUDIO_CHUNK_MS,
-    CONTROL_PREFIX,
     SPEECH_RMS,
     ConnectionLog,
     Script,
@@ -169,28 +168,23 @@ class FakeLive(StandInServer):
         backend_ms: int = 50,
         session_seconds: float = SESSION_SECONDS,
     ) -> None:
-        self.script = script or Script()
-        self.host = host
-        self.port = port
-        self.api_key = api_key
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
+        super().__init__(
+            script,
+            host=host,
+            port=port,
+            api_key=api_key,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            record_sent=record_sent,
+        )
         self.validators = live_validators() if validate else None
         if require_validation and self.validators is None:
             raise RuntimeError("the openai package is needed to validate GPT-Live events")
-        self.record_sent = record_sent
         self.leading_silence_ms = leading_silence_ms  # digital silence the model streams before it speaks
         self.backend_ms = backend_ms  # the backend's time between a function call item and its response's end
         self.session_seconds = session_seconds  # a session is closed as expired after this long
-        self.connections: list[LiveConnectionLog] = []
-        self._server: Server | None = None
-        self._ids = itertools.count(1)
-        self._dropped = False
 
-    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        parts = urlsplit(request.path)
-        if parts.path.startswith(CONTROL_PREFIX):
-            return self._control(request, parts.path[len(CONTROL_PREFIX) :].strip("/"), parse_qs(parts.query))
+    def _check_session(self, connection: ServerConnection, request: Request, parts: SplitResult) -> Response | None:
         if parts.path != PATH:
             return connection.respond(http.HTTPStatus.NOT_FOUND, "unknown path\n")
         if parts.query:

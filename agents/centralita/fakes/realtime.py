@@ -35,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Self
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -232,20 +232,39 @@ async def keepalive_pings(ws: ServerConnection, log: ConnectionLog, interval: fl
 class StandInServer:
     """The websocket server half of a model stand-in: serving on ``path``, start/stop (also as an
     async context manager), event ids, JSON error answers and the control paths under
-    ``CONTROL_PREFIX`` (script, state, reset). Subclasses set ``host``, ``port``, ``api_key``,
-    ``script``, ``connections``, ``_dropped = False``, ``_server = None`` and
-    ``_ids = itertools.count(1)``, and define ``_handle`` and ``_check_request`` (which hands
-    control paths to ``_control``)."""
+    ``CONTROL_PREFIX`` (script, state, reset). Subclasses define ``_handle`` and
+    ``_check_session`` (the checks of a session request, as the real service makes them)."""
 
     path = "/"
-    host: str
-    port: int
-    api_key: str | None
-    script: Script
-    connections: list[Any]
-    _dropped: bool
-    _server: Server | None
-    _ids: Iterator[int]
+
+    def __init__(
+        self,
+        script: Script | None,
+        *,
+        host: str,
+        port: int,
+        api_key: str | None,
+        ping_interval: float,
+        ping_timeout: float,
+        record_sent: bool,
+    ) -> None:
+        self.script = script or Script()
+        self.host = host
+        self.port = port
+        self.api_key = api_key
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.record_sent = record_sent
+        self.connections: list[Any] = []
+        self._server: Server | None = None
+        self._ids: Iterator[int] = itertools.count(1)
+        self._dropped = False
+
+    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        parts = urlsplit(request.path)
+        if parts.path.startswith(CONTROL_PREFIX):
+            return self._control(request, parts.path[len(CONTROL_PREFIX) :].strip("/"), parse_qs(parts.query))
+        return self._check_session(connection, request, parts)  # type: ignore[attr-defined]
 
     def set_script(self, script: Script) -> None:
         """Sessions opened from now on follow ``script`` (open ones keep theirs); the one drop is re-armed."""
@@ -340,26 +359,21 @@ class FakeRealtime(StandInServer):
         record_sent: bool = False,
         audio_hook: Callable[[bytes], None] | None = None,
     ) -> None:
-        self.script = script or Script()
-        self.host = host
-        self.port = port
-        self.api_key = api_key
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
+        super().__init__(
+            script,
+            host=host,
+            port=port,
+            api_key=api_key,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            record_sent=record_sent,
+        )
         self.validator = _openai_validator() if validate else None
         if require_validation and self.validator is None:
             raise RuntimeError("the openai package is needed to validate client events")
-        self.record_sent = record_sent
         self.audio_hook = audio_hook  # sees every appended chunk (the benchmark reads its time stamps)
-        self.connections: list[ConnectionLog] = []
-        self._server: Server | None = None
-        self._ids = itertools.count(1)
-        self._dropped = False
 
-    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        parts = urlsplit(request.path)
-        if parts.path.startswith(CONTROL_PREFIX):
-            return self._control(request, parts.path[len(CONTROL_PREFIX) :].strip("/"), parse_qs(parts.query))
+    def _check_session(self, connection: ServerConnection, request: Request, parts: SplitResult) -> Response | None:
         if parts.path != "/v1/realtime":
             return connection.respond(http.HTTPStatus.NOT_FOUND, "unknown path\n")
         if not parse_qs(parts.query).get("model"):
