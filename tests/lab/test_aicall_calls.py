@@ -118,6 +118,26 @@ class AiLine:
         )
         return found
 
+    def explain(self, result: CallResult, since: float, record: dict[str, Any] | None = None) -> str:
+        """What a failure message needs to tell the harness, the stand-in and the agent apart."""
+        answered = result.answered_wall or since
+        state = stand_in_request(self.lab.lab, self.lab.vm, "/_stand-in/state", self.stand_in) or {}
+        opened = [c for c in state.get("connections", []) if c["opened_at"] >= since - 1]
+        heard = [
+            [[round(at - answered, 3), what, ms] for at, what, ms in c.get("speech", [])] for c in opened
+        ]  # fmt: skip
+        lines = [
+            f"caller spoke (s after answer) {result.speech}, planned {result.speech_planned}; "
+            f"its sender stalled at {result.sender_stalls}",
+            f"heard by the caller: {result.windows}",
+            f"the stand-in's voice detection (s after answer, ms of input): {heard}",
+            f"model sessions: {[{k: c[k] for k in ('audio_in_ms', 'errors', 'close_code')} for c in opened]}",
+        ]
+        if record is not None:
+            said = [(row["role"], row["text"]) for row in record["transcript"]]
+            lines.append(f"tools: {record['tools']}; transcript: {said}")
+        return "\n".join(lines)
+
     def leftovers(self, timeout: float = 15) -> dict[str, list]:
         """Channels and bridges ARI still lists (polled until none or ``timeout``)."""
         deadline = time.monotonic() + timeout
@@ -265,8 +285,9 @@ def test_a_25_second_tool_call_keeps_rtp_and_the_keepalive_flowing(line: AiLine)
     spoken_end = result.speech[0][1]
 
     record = line.record(caller, since)
+    assert len(record["tools"]) == 1, line.explain(result, since, record)
     (tool,) = record["tools"]
-    assert tool["name"] == "ping_customer" and tool["outcome"] == "ok"
+    assert tool["name"] == "ping_customer" and tool["outcome"] == "ok", line.explain(result, since, record)
     assert json.loads(tool["result"])["received"] == 10, "the router's ten echoes came back to the model"
     assert int(tool["duration_ms"]) >= 24000
     waited_until = spoken_end + int(tool["duration_ms"]) / 1000
@@ -315,8 +336,8 @@ def test_the_caller_speaking_over_the_assistant_cuts_the_reply_at_what_was_heard
     first_end, (started, spoken_end) = result.speech[0][1], result.speech[1]
 
     heard_reply = result.heard_between(first_end, started + 0.5)
-    assert heard_reply >= 1.5, f"the long reply played until the caller spoke: {result.windows}"
-    assert result.heard_between(started + 0.5, spoken_end) < 0.2, f"the reply went on: {result.windows}"
+    assert heard_reply >= 1.5, f"the long reply played until the caller spoke:\n{line.explain(result, since)}"
+    assert result.heard_between(started + 0.5, spoken_end) < 0.2, f"the reply went on:\n{line.explain(result, since)}"
     assert result.heard_between(spoken_end, 13) >= 1.0, "the answer to the interruption was heard"
 
     (conn,) = line.connections(since)

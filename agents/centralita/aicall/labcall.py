@@ -113,13 +113,15 @@ class CallResult:
     worst_gap_ms: float  # the longest silence on the wire toward the caller (between any two packets)
     gaps: list[list[float]]  # [seconds after answer, gap ms] for every gap over GAP_LISTED_MS (capped)
     windows: list[list[float]]  # [start, end] of each stretch of sound heard, seconds after the answer
-    speech: list[list[float]]  # [start, end] of each utterance sent, seconds after the answer
+    speech: list[list[float]]  # [start, end] of each utterance as really sent, seconds after the answer
     first_packet: float | None
     last_packet: float | None
     remote_rtp: str
     sipp_returncode: int | None
     sip_trace: str = ""
     answered_wall: float | None = None  # the answer's wall-clock time (time.time()), to place gaps in time
+    speech_planned: list[list[float]] = field(default_factory=list)  # [start, end] as the plan scheduled them
+    sender_stalls: list[list[float]] = field(default_factory=list)  # [s after answer, ms] our sender fell behind
 
     def heard_between(self, start: float, end: float) -> float:
         """Seconds of sound heard between ``start`` and ``end`` (seconds after the answer)."""
@@ -379,6 +381,8 @@ class RtpEndpoint:
         self.address = self.sock.getsockname()
         self.arrivals: list[tuple[float, int, bool]] = []  # (wall time, payload type, audible)
         self.sent = 0
+        self.sent_at: dict[int, float] = {}  # frame index -> wall time it left, for the scheduled (speech) frames
+        self.stalls: list[tuple[float, float]] = []  # (wall time, ms) each time this sender's clock fell behind
         self.remote: tuple[str, int] | None = None
         self._ssrc = random.getrandbits(32)
         self._seq = random.getrandbits(16)
@@ -415,16 +419,24 @@ class RtpEndpoint:
             self.sent += 1
 
     async def send_loop(self, frames: dict[int, bytes], stop: asyncio.Event) -> None:
-        """One frame every 20 ms on an absolute clock: speech where scheduled, digital silence elsewhere."""
+        """One frame every 20 ms on an absolute clock: speech where scheduled, digital silence elsewhere.
+
+        A stalled process restarts its clock rather than bursting, so everything scheduled after a
+        stall leaves that much later: the time each speech frame really left is kept, and each stall.
+        """
         silence = g711.silence(self.law)
         started = time.monotonic()
         index = 0
         while not stop.is_set():
-            self.send_frame(frames.get(index, silence))
+            frame = frames.get(index)
+            self.send_frame(silence if frame is None else frame)
+            if frame is not None:
+                self.sent_at[index] = time.time()
             index += 1
             due = started + index * FRAME_S
             delay = due - time.monotonic()
-            if delay < -2 * FRAME_S:  # a stalled process restarts its clock rather than bursting
+            if delay < -2 * FRAME_S:
+                self.stalls.append((time.time(), -delay * 1000))
                 started = time.monotonic() - index * FRAME_S
                 delay = 0
             with contextlib.suppress(TimeoutError):
@@ -452,7 +464,7 @@ def _rtp_payload(data: bytes) -> tuple[int, bytes] | None:
 
 
 def schedule(utterances: list[tuple[float, bytes]], law: str) -> tuple[dict[int, bytes], list[list[float]]]:
-    """Frames by index after the answer, and when each utterance starts and ends."""
+    """Frames by index after the answer, and when each utterance is due to start and end."""
     frames: dict[int, bytes] = {}
     spans = []
     fill = g711.silence(law)[:1]
@@ -464,6 +476,18 @@ def schedule(utterances: list[tuple[float, bytes]], law: str) -> tuple[dict[int,
             frames[first + n] = chunk + fill * (g711.FRAME_BYTES - len(chunk))
         spans.append([round(first * FRAME_S, 3), round((first + count) * FRAME_S, 3)])
     return frames, spans
+
+
+def sent_spans(planned: list[list[float]], sent_at: dict[int, float], answered_at: float) -> list[list[float]]:
+    """When each utterance really left, seconds after the answer (as planned where it never left)."""
+    spans = []
+    for start, end in planned:
+        first, last = round(start / FRAME_S), round(end / FRAME_S) - 1
+        if first in sent_at and last in sent_at:
+            spans.append([round(sent_at[first] - answered_at, 3), round(sent_at[last] + FRAME_S - answered_at, 3)])
+        else:
+            spans.append([start, end])
+    return spans
 
 
 def measure(arrivals: list[tuple[float, int, bool]], answered_at: float) -> dict[str, Any]:
@@ -589,7 +613,9 @@ async def run_call(plan: CallPlan) -> CallResult:
         duration=round(ended_at - answered_at, 3) if answered_at is not None else 0.0,
         packets_received=len(arrivals),
         packets_sent=rtp.sent,
-        speech=spans,
+        speech=sent_spans(spans, rtp.sent_at, reference),
+        speech_planned=spans,
+        sender_stalls=[[round(at - reference, 3), round(ms, 1)] for at, ms in rtp.stalls],
         remote_rtp=f"{rtp.remote[0]}:{rtp.remote[1]}" if rtp.remote else "",
         sipp_returncode=proc.returncode if proc else None,
         sip_trace=(text + ("\nsipp stderr:\n" + stderr if stderr.strip() else ""))[-SIP_TRACE_CHARS:],

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import time
 from collections.abc import Coroutine
@@ -132,6 +133,7 @@ class CallSession:
         self.name = record.call_id
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tool_tasks: dict[str, asyncio.Task[ToolOutcome]] = {}
+        self._tool_calls: dict[str, tuple[FunctionCall, float, float]] = {}  # call id -> (call, wall, monotonic)
         self._calls_of: dict[str, list[tuple[str, str]]] = {}
         self._end = asyncio.Event()
         self._end_reason = ""
@@ -214,7 +216,9 @@ class CallSession:
         return self.record
 
     async def _close(self) -> None:
-        tasks = list(self._tasks) + list(self._tool_tasks.values())
+        tools = list(self._tool_tasks.values())
+        self._abandon_tools("the call ended before the tool finished")
+        tasks = list(self._tasks) + tools
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -273,9 +277,7 @@ class CallSession:
         self._waiting.add("reconnect")
         self.record.reconnects += 1
         self.media.flush()
-        for call_id, task in list(self._tool_tasks.items()):
-            task.cancel()
-            self._tool_tasks.pop(call_id, None)
+        self._abandon_tools("the model connection was lost while the tool ran")
         self._calls_of.clear()
         self._active_response = None
         deadline = time.monotonic() + self.policy.reconnect_window
@@ -419,6 +421,7 @@ class CallSession:
             self.tools.run(call.name, call.arguments), name=f"tool-{call.name}-{self.name}"
         )
         self._tool_tasks[call.call_id] = task
+        self._tool_calls[call.call_id] = (call, time.time(), time.monotonic())
         self._waiting.add(call.call_id)
         self._spawn(self._progress(task), "progress")
 
@@ -456,6 +459,7 @@ class CallSession:
                 outcome = await task
             finally:
                 self._tool_tasks.pop(call_id, None)
+                self._tool_calls.pop(call_id, None)
                 self._waiting.discard(call_id)
             self.record.tools.append(outcome)
             self.metrics.tool_seconds.observe(outcome.duration, tool=name, outcome=outcome.outcome)
@@ -464,6 +468,28 @@ class CallSession:
         if self._pending_action is not None:
             self._action_spoken = True
         await self.model.respond()
+
+    def _abandon_tools(self, why: str) -> None:
+        """Every tool call whose output the model will never get is recorded: its result, or cancelled."""
+        for call_id, task in list(self._tool_tasks.items()):
+            call, started_wall, started = self._tool_calls.pop(call_id)
+            if task.done() and not task.cancelled() and task.exception() is None:
+                outcome = task.result()
+            else:
+                task.cancel()
+                try:
+                    arguments: dict[str, Any] | str = json.loads(call.arguments or "{}")
+                except ValueError:
+                    arguments = call.arguments
+                outcome = ToolOutcome(
+                    call.name, arguments, {"error": why}, "cancelled", started_wall, time.monotonic() - started
+                )
+            self.record.tools.append(outcome)
+            self.metrics.tool_seconds.observe(outcome.duration, tool=call.name, outcome=outcome.outcome)
+            took = outcome.duration
+            log.info("call %s: tool %s %s after %.2f s: %s", self.name, call.name, outcome.outcome, took, why)
+            self._waiting.discard(call_id)
+        self._tool_tasks.clear()
 
     async def _act(self, action: tuple[str, str | None]) -> None:
         """Transfer or hang up once the farewell has been played to the caller."""

@@ -188,6 +188,8 @@ class ConnectionLog:
     session: dict[str, Any] = field(default_factory=dict)
     opened_at: float = field(default_factory=time.time)
     closed_at: float | None = None
+    # [wall time, "started" | "stopped", ms of input audio] each time voice detection changed its mind
+    speech: list[tuple[float, str, int]] = field(default_factory=list)
 
     def received_types(self) -> list[str]:
         return [e.get("type", "") for e in self.received]
@@ -209,6 +211,7 @@ class ConnectionLog:
             "audio_in_ms": self.audio_in_ms,
             "truncations": [list(t) for t in self.truncations],
             "function_outputs": [list(o) for o in self.function_outputs],
+            "speech": [[round(at, 3), what, ms] for at, what, ms in self.speech],
         }
 
 
@@ -575,6 +578,7 @@ class _Connection:
                 self.user_item = self.server.new_id("item")
                 padding = int(turn.get("prefix_padding_ms") or 300)
                 self.speech_start_ms = max(0, self.buffer_ms - 3 * g711.FRAME_MS - padding)
+                self.log.speech.append((time.time(), "started", self.buffer_ms))
                 await self.send(
                     {
                         "type": "input_audio_buffer.speech_started",
@@ -589,6 +593,7 @@ class _Connection:
         if self.silence_ms >= int(turn.get("silence_duration_ms") or 500):
             self.speaking = False
             self.speech_frames = 0
+            self.log.speech.append((time.time(), "stopped", self.buffer_ms))
             await self._commit_turn(turn)
 
     async def _commit_turn(self, turn: dict[str, Any]) -> None:

@@ -353,6 +353,30 @@ def test_the_caller_hanging_up_mid_reply_releases_everything() -> None:
     assert fake.connections[0].close_code is not None and rig.media.closed
 
 
+def test_a_tool_still_running_when_the_caller_hangs_up_is_recorded_as_cancelled() -> None:
+    async def scenario() -> tuple[CallRecord, Rig]:
+        with (
+            FakeMikrotik(delays={"ppp/active": 30}) as router,
+            running_in_thread(FakeRealtime(_slow_tool_script(), api_key=KEY)) as fake,
+        ):
+            policy = CallPolicy(progress_delay=1.0, transfer_target=None)
+            async with call(fake.url, router.url, policy=policy, tool_timeout=60) as rig:
+                await asyncio.sleep(1.0)
+                rig.peer.say(600)
+                await wait_for(lambda: rig.session._tool_tasks, 5)
+                await asyncio.sleep(0.5)
+                rig.session.caller_hung_up()
+                return await rig.finish(5), rig
+
+    record, rig = run(scenario())  # run() also fails on any task left behind
+    (tool,) = record.tools
+    assert tool.name == "customer_status" and tool.outcome == "cancelled"
+    assert tool.arguments == {"pppoe_user": "ana.gomez"}
+    assert tool.result == {"error": "the call ended before the tool finished"}
+    assert 0.4 <= tool.duration < 5
+    assert rig.metrics.tool_seconds.count(tool="customer_status", outcome="cancelled") == 1
+
+
 def test_caller_frames_can_be_batched_two_per_message() -> None:
     async def scenario() -> FakeRealtime:
         policy = CallPolicy(transfer_target=None, input_frames=2)

@@ -44,7 +44,7 @@ class ToolOutcome:
     name: str
     arguments: dict[str, Any] | str
     result: dict[str, Any]
-    outcome: str  # ok | error | timeout
+    outcome: str  # ok | error | timeout | cancelled (the call ended or the model left before it finished)
     started: float  # wall clock
     duration: float
 
