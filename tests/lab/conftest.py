@@ -572,6 +572,9 @@ class SbcWorld:
             self.q(f"DELETE FROM dialing_plans WHERE id IN ({','.join(map(str, self.plans))})")
         for ip in self.blacklisted:
             self.q("DELETE FROM ip_blacklist WHERE ip_addr = %s", (ip,))
+            self.q(
+                "DELETE FROM events WHERE type = 'security_flood_detected' AND JSON_VALUE(payload, '$.ip') = %s", (ip,)
+            )
             self.lab.exec(f"kamcmd htable.delete ipban {ip}", check=False)
         self.reload()
 
