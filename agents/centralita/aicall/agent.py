@@ -21,7 +21,7 @@ from centralita.aicall.media import MediaPath
 from centralita.aicall.metrics import AicallMetrics
 from centralita.aicall.provider import SessionConfig, open_model_session
 from centralita.aicall.record import CallRecord
-from centralita.aicall.rtp import Pacer, RtpMedia
+from centralita.aicall.rtp import Pacer, RtpMedia, RtpPort
 from centralita.aicall.session import CallPolicy, CallSession, call_tools
 from centralita.aicall.settings import AicallSettings
 from centralita.aicall.store import CallStore
@@ -109,6 +109,8 @@ class AicallAgent:
         self.tools = build_tools(settings)
         self.config = session_config(settings, self.tools)
         self.pacer = Pacer()
+        ports = (settings.rtp_port_min, settings.rtp_port_max) if settings.rtp_port_min else None
+        self.rtp_port = RtpPort(settings.rtp_bind, ports)  # every call's RTP, bound at the first call
         self.sessions: dict[str, CallSession] = {}
         self._calls: dict[str, asyncio.Task[None]] = {}
         self._playbacks: dict[str, asyncio.Future[None]] = {}
@@ -175,19 +177,20 @@ class AicallAgent:
         media_id = channel_id + MEDIA_SUFFIX
         codec = self.settings.codec
         if self.settings.media == "rtp":
-            ports = (self.settings.rtp_port_min, self.settings.rtp_port_max) if self.settings.rtp_port_min else None
-            media = RtpMedia(codec, self.pacer, bind_host=self.settings.rtp_bind, port_range=ports, name=channel_id)
+            media = RtpMedia(codec, self.pacer, port=self.rtp_port, name=channel_id)
             await media.start()
             host = self.settings.rtp_advertise or self.settings.rtp_bind
             try:
                 reply = await self.ari.external_media(media_id, f"{host}:{media.local[1]}", codec)
+                variables = reply.get("channelvars") or {}
+                address, port = variables.get("UNICASTRTP_LOCAL_ADDRESS"), variables.get("UNICASTRTP_LOCAL_PORT")
+                if not (address and port):
+                    # every call shares one port: the address Asterisk sends from is what tells calls apart
+                    raise AriError(f"externalMedia for {media_id} did not say its RTP address (UNICASTRTP_LOCAL_*)")
+                media.set_remote(address, int(port))
             except BaseException:
                 await media.close()
                 raise
-            variables = reply.get("channelvars") or {}
-            address, port = variables.get("UNICASTRTP_LOCAL_ADDRESS"), variables.get("UNICASTRTP_LOCAL_PORT")
-            if address and port:
-                media.set_remote(address, int(port))
             return media
         reply = await self.ari.external_media(
             media_id, "INCOMING", codec, encapsulation="none", transport="websocket", connection_type="server"
@@ -301,4 +304,5 @@ class AicallAgent:
                 await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.pacer.close()
+            self.rtp_port.close()
             self.ari.close()

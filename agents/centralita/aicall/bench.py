@@ -45,7 +45,7 @@ from centralita.aicall.metrics import AicallMetrics
 from centralita.aicall.provider import SessionConfig
 from centralita.aicall.realtime import RealtimeSession
 from centralita.aicall.record import CallRecord
-from centralita.aicall.rtp import PAYLOAD_TYPES, SWITCH_INTERVAL_S, Pacer, RtpMedia, RtpPacket
+from centralita.aicall.rtp import PAYLOAD_TYPES, SWITCH_INTERVAL_S, Pacer, RtpMedia, RtpPacket, RtpPort
 from centralita.aicall.session import CallPolicy, CallSession
 from centralita.aicall.tools.base import ToolBox
 
@@ -98,6 +98,9 @@ async def _generate(targets: list[tuple[str, int]], seconds: float, law: str) ->
         caller = _Caller()
         loop.add_reader(caller.sock.fileno(), caller.readable)
         callers.append((caller, target))
+    # The agent learns where each call's audio comes from (as ARI tells it for Asterisk's side), then says go.
+    print(json.dumps({"callers": [":".join(map(str, c.sock.getsockname()[:2])) for c, _ in callers]}), flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)
     silence = g711.silence(law)
     # Real calls start at random moments, so their frames reach the agent spread over the 20 ms,
     # not all at once: each caller sends in one of CALLER_SLOTS slots, 1 ms apart.
@@ -169,7 +172,7 @@ class _TimedRtpMedia(RtpMedia):
 
     model: _TimedRealtime | None = None
 
-    def _received(self, data: bytes, addr: tuple[str, int]) -> None:
+    def _received(self, data: bytes | memoryview, addr: tuple[str, int]) -> None:
         if self.model is not None and len(data) >= 12:
             self.model.sent_at.append(int.from_bytes(data[8:12], "big"))
         super()._received(data, addr)
@@ -283,7 +286,13 @@ async def _read_json_line(process: asyncio.subprocess.Process, within: float) ->
 
 
 async def run_point(
-    calls: int, seconds: float, law: str = "ulaw", pin: bool = True, realtime: bool = False, input_frames: int = 1
+    calls: int,
+    seconds: float,
+    law: str = "ulaw",
+    pin: bool = True,
+    realtime: bool = False,
+    input_frames: int = 1,
+    own_sockets: bool = False,
 ) -> Point:
     helper_cores = {1} if pin and (os.cpu_count() or 1) > 1 else None
     if helper_cores:
@@ -299,6 +308,7 @@ async def run_point(
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=_pin(helper_cores, realtime),
     )  # fmt: skip
     pacer = Pacer()
+    port = None if own_sockets else RtpPort()  # as the agent: every call's RTP on one socket
     metrics = AicallMetrics()
     inbound = array("d")  # flat arrays: samples the garbage collector never walks
     sessions: list[CallSession] = []
@@ -309,7 +319,7 @@ async def run_point(
         url = (await _read_json_line(fake, 20))["url"]
         config = SessionConfig("bench", "marin", law)
         for index in range(calls):
-            media = _TimedRtpMedia(law, pacer, name=f"bench-{index}")
+            media = _TimedRtpMedia(law, pacer, port=port, name=f"bench-{index}")
             await media.start()
             medias.append(media)
             model = _TimedRealtime(inbound, url=url, model="bench", api_key="bench", config=config)
@@ -333,8 +343,16 @@ async def run_point(
         generator = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "centralita.aicall.bench", "generator", "--targets", targets,
             "--seconds", str(seconds + WARM_UP_S), "--law", law,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=_pin(helper_cores, realtime),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            preexec_fn=_pin(helper_cores, realtime),
         )  # fmt: skip
+        callers = (await _read_json_line(generator, 20))["callers"]
+        for media, caller in zip(medias, callers, strict=True):
+            host, _, caller_port = caller.rpartition(":")
+            media.set_remote(host, int(caller_port))  # as ARI's UNICASTRTP_LOCAL_ADDRESS/PORT does
+        assert generator.stdin is not None
+        generator.stdin.write(b"go\n")
+        await generator.stdin.drain()
         await asyncio.sleep(WARM_UP_S)
         del inbound[:]
         pacer.lateness = array("d")
@@ -371,6 +389,8 @@ async def run_point(
             session.caller_hung_up()
         await asyncio.gather(*tasks, return_exceptions=True)
         await pacer.close()
+        if port is not None:
+            port.close()
         for process in (generator, fake):
             if process is not None and process.returncode is None:
                 process.terminate()
@@ -415,6 +435,7 @@ def bench(
     pin: bool = True,
     realtime: bool = False,
     input_frames: int = 1,
+    own_sockets: bool = False,
 ) -> list[Point]:
     """Run every load point in turn (bounded: each lasts ``seconds`` plus set-up)."""
     g711.warm_up()
@@ -422,7 +443,7 @@ def bench(
     sys.setswitchinterval(SWITCH_INTERVAL_S)  # as the agent does: the pacer's thread gets the lock quickly
     points = []
     for count in calls:
-        point = asyncio.run(run_point(count, seconds, law, pin, realtime, input_frames))
+        point = asyncio.run(run_point(count, seconds, law, pin, realtime, input_frames, own_sockets))
         print(json.dumps(point.__dict__), file=sys.stderr, flush=True)
         points.append(point)
     return points
@@ -439,9 +460,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pin", action="store_true", help="do not pin the agent and the helpers to cores")
     parser.add_argument("--realtime", action="store_true", help="run under SCHED_RR (root; as the unit can)")
     parser.add_argument("--input-frames", type=int, default=1, choices=range(1, 6), help="as AICALL_INPUT_FRAMES")
+    parser.add_argument(
+        "--own-sockets", action="store_true", help="a UDP socket per call instead of the agent's one shared port"
+    )
     args = parser.parse_args(argv)
     counts = [min(int(c), 1000) for c in args.calls.split(",") if c.strip()]
-    points = bench(counts, min(args.seconds, 120), args.law, not args.no_pin, args.realtime, args.input_frames)
+    points = bench(
+        counts, min(args.seconds, 120), args.law, not args.no_pin, args.realtime, args.input_frames, args.own_sockets
+    )
     print(table(points))
     return 0
 

@@ -4,9 +4,14 @@ Whatever reaches Asterisk's RTP channel is played as it arrives, so the agent mu
 send exactly one 160-byte frame every 20 ms: a burst is heard as sped-up audio and a
 gap as a click. One :class:`Pacer` per process ticks for every call, so 200 calls
 cost ten wake-ups per 20 ms instead of 200. It runs in its own thread and sends on
-each call's socket directly, so the frames keep their 20 ms even while the event
+the calls' socket directly, so the frames keep their 20 ms even while the event
 loop is busy. Between replies the stream carries digital silence, which keeps the
 RTP timestamp and Asterisk's bridge timing continuous.
+
+The agent receives every call's RTP on one :class:`RtpPort` (one UDP socket, one
+port): each wake-up of the event loop reads every datagram waiting, and each is
+handed to the call whose Asterisk-side address sent it. A call may also own its
+socket (``RtpMedia`` without a port), which learns its peer from the first datagram.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ _HEADER = struct.Struct("!BBHII")
 # G.711 in one packet fits. asyncio's datagram transport reads with a 256 KiB buffer, which the C
 # library may serve with a fresh memory mapping per read (about 30 µs per read, measured alone).
 RECV_SIZE = 2048
+# The shared port's receive buffer: every call's audio waits in it while the event loop is busy. The
+# kernel caps the request at net.core.rmem_max; 4 MiB holds about 0.3 s of 200 calls' frames.
+SHARED_RECV_BUFFER = 4 * 2**20
 
 
 class RtpError(ValueError):
@@ -56,7 +64,7 @@ class RtpPacket:
         return _HEADER.pack(0x80, second, self.sequence & 0xFFFF, self.timestamp & 0xFFFFFFFF, self.ssrc) + self.payload
 
     @classmethod
-    def decode(cls, data: bytes) -> RtpPacket:
+    def decode(cls, data: bytes | memoryview) -> RtpPacket:
         if len(data) < _HEADER.size:
             raise RtpError(f"datagram of {len(data)} bytes is shorter than an RTP header")
         first, second, sequence, timestamp, ssrc = _HEADER.unpack_from(data)
@@ -242,8 +250,118 @@ class Pacer:
             await asyncio.to_thread(thread.join, 5)
 
 
+def _bind(bind_host: str, port_range: tuple[int, int] | None) -> socket.socket:
+    """A non-blocking UDP socket on the first free (even) port of ``port_range``, or any free port."""
+    ports = range(port_range[0], port_range[1] + 1, 2) if port_range else [0]
+    last_error: OSError | None = None
+    for port in ports:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind((bind_host, port))
+        except OSError as exc:
+            sock.close()
+            last_error = exc
+            continue
+        return sock
+    raise OSError(f"no free RTP port on {bind_host} in {port_range}: {last_error}")
+
+
+class RtpPort:
+    """One UDP socket for every call's RTP: the agent's side of all its externalMedia channels.
+
+    Asterisk sends each call's audio from that call's own address (its RTP instance, which ARI
+    reports as UNICASTRTP_LOCAL_ADDRESS/PORT), so the source of a datagram says whose audio it
+    is. A datagram from an address no call has claimed is counted and dropped, never handed to
+    another call.
+
+    One socket instead of one per call: each time the event loop finds it readable, every datagram
+    waiting is read in one callback (up to ``BATCH``), so the loop's own work per wake-up (the
+    poll, a callback handle) is shared by all calls instead of paid per datagram.
+    """
+
+    BATCH = 256  # datagrams per wake-up at most: a flood cannot keep the loop from its other work
+
+    def __init__(self, bind_host: str = "127.0.0.1", port_range: tuple[int, int] | None = None) -> None:
+        self.bind_host = bind_host
+        self.port_range = port_range
+        self.local: tuple[str, int] | None = None
+        self.sock: socket.socket | None = None
+        self.receive_buffer = 0  # bytes the kernel granted for the receive queue
+        self.unknown_packets = 0  # datagrams from addresses no call has claimed (dropped)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._calls: dict[tuple[str, int], RtpMedia] = {}
+        self._buffer = bytearray(RECV_SIZE)
+        self._view = memoryview(self._buffer)
+
+    def open(self) -> None:
+        """Bind the socket (once) and start reading it on the running loop."""
+        if self.sock is not None:
+            return
+        loop = asyncio.get_running_loop()
+        sock = _bind(self.bind_host, self.port_range)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SHARED_RECV_BUFFER)
+        self.receive_buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        loop.add_reader(sock.fileno(), self._readable)
+        self._loop, self.sock = loop, sock
+        self.local = sock.getsockname()[:2]
+        log.info("rtp: every call's media on %s:%d (receive buffer %d KiB)", *self.local, self.receive_buffer // 1024)
+
+    @property
+    def calls(self) -> int:
+        return len(self._calls)
+
+    def claim(self, remote: tuple[str, int], media: RtpMedia) -> None:
+        """Datagrams from ``remote`` are ``media``'s from now on."""
+        previous = self._calls.get(remote)
+        if previous is not None and previous is not media:
+            # Asterisk gave a new call an address an ended call still held here: the newer call is the live one
+            log.warning("rtp: %s:%d moves from call %s to call %s", *remote, previous.name, media.name)
+        self._calls[remote] = media
+
+    def release(self, remote: tuple[str, int], media: RtpMedia) -> None:
+        if self._calls.get(remote) is media:
+            del self._calls[remote]
+
+    def _readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        receive, view, calls = sock.recvfrom_into, self._view, self._calls
+        for _ in range(self.BATCH):
+            try:
+                size, addr = receive(self._buffer)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error for an earlier frame: the calls go on
+                log.warning("rtp: socket error %s", exc)
+                continue
+            media = calls.get(addr)
+            if media is None:
+                self.unknown_packets += 1
+                log.debug("rtp: dropped a datagram from %s, which no call has claimed", addr)
+                continue
+            media._received(view[:size], addr)
+
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        self._calls.clear()
+        if sock is not None:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+            if self.unknown_packets:
+                log.info("rtp: %d datagrams from unclaimed addresses were dropped", self.unknown_packets)
+
+
 class RtpMedia(MediaPath):
-    """One call's RTP leg: receives the caller's audio, sends paced assistant audio back."""
+    """One call's RTP leg: receives the caller's audio, sends paced assistant audio back.
+
+    With a shared :class:`RtpPort` the call sends and receives on the port's socket, and hears
+    only datagrams from the address given to :meth:`set_remote`. Without one it binds its own
+    socket (in ``port_range``, if given) and answers wherever the first datagram came from.
+    """
 
     kind = "rtp"
 
@@ -254,19 +372,22 @@ class RtpMedia(MediaPath):
         *,
         bind_host: str = "127.0.0.1",
         port_range: tuple[int, int] | None = None,
+        port: RtpPort | None = None,
         name: str = "",
     ) -> None:
         super().__init__(law)
         self.pacer = pacer
         self.bind_host = bind_host
         self.port_range = port_range
+        self.port = port
         self.name = name
         self.payload_type = PAYLOAD_TYPES[law]
         self.remote: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._reading: socket.socket | None = None  # the socket the event loop watches for the caller's audio
-        self._sock: socket.socket | None = None
+        self._reading: socket.socket | None = None  # the call's own socket, which the event loop watches
+        self._sock: socket.socket | None = None  # where the pacer's thread sends: the call's or the port's
+        self._open = False
         self._packet = bytearray(_HEADER.size + g711.FRAME_BYTES)
         self._ssrc = int.from_bytes(os.urandom(4), "big")
         self._sequence = int.from_bytes(os.urandom(2), "big")
@@ -278,35 +399,36 @@ class RtpMedia(MediaPath):
         self.send_errors = 0
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        ports = range(self.port_range[0], self.port_range[1] + 1, 2) if self.port_range else [0]
-        last_error: OSError | None = None
-        for port in ports:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                sock.setblocking(False)
-                sock.bind((self.bind_host, port))
-            except OSError as exc:
-                sock.close()
-                last_error = exc
-                continue
+        if self.port is not None:
+            self.port.open()
+            self._sock, self.local = self.port.sock, self.port.local
+            if self.remote is not None:
+                self.port.claim(self.remote, self)
+        else:
+            loop = asyncio.get_running_loop()
+            sock = _bind(self.bind_host, self.port_range)
             # One datagram read per readiness, as asyncio's transport does, but into a frame-sized buffer.
             loop.add_reader(sock.fileno(), self._readable)
             self._loop, self._reading = loop, sock
             self._sock = sock  # the pacer's thread sends on it directly; the loop only receives
             self.local = sock.getsockname()[:2]
-            self.pacer.add(self)
-            return
-        raise OSError(f"no free RTP port on {self.bind_host} in {self.port_range}: {last_error}")
+        self._open = True
+        self.pacer.add(self)
 
     @property
     def closed(self) -> bool:
         """No socket is open for the call: not started yet, or released by :meth:`close`."""
-        return self._reading is None
+        return not self._open
 
     def set_remote(self, host: str, port: int) -> None:
-        """Where Asterisk's RTP channel listens (UNICASTRTP_LOCAL_ADDRESS/PORT)."""
-        self.remote = (host, port)
+        """Where Asterisk's RTP channel listens (UNICASTRTP_LOCAL_ADDRESS/PORT), which is also where it sends from."""
+        remote = (host, port)
+        shared = self.port
+        if shared is not None and self._open:
+            if self.remote is not None:
+                shared.release(self.remote, self)
+            shared.claim(remote, self)
+        self.remote = remote
 
     def _readable(self) -> None:
         sock = self._reading
@@ -321,11 +443,12 @@ class RtpMedia(MediaPath):
             return
         self._received(data, addr)
 
-    def _received(self, data: bytes, addr: tuple[str, int]) -> None:
+    def _received(self, data: bytes | memoryview, addr: tuple[str, int]) -> None:
         # The common packet (version 2, no CSRC, extension or padding, our payload type) is read in
         # place: this runs 50 times a second per call. Anything else goes through the full decoder.
+        # ``data`` may be a view of the shared port's buffer: only a copy of the payload is kept.
         if len(data) > _HEADER.size and data[0] == 0x80 and data[1] & 0x7F == self.payload_type:
-            payload = data[_HEADER.size :]
+            payload = bytes(data[_HEADER.size :])
         else:
             try:
                 packet = RtpPacket.decode(data)
@@ -383,6 +506,9 @@ class RtpMedia(MediaPath):
     async def close(self) -> None:
         self.pacer.remove(self)  # waits for a pass in progress: no frame is sent after this
         self._sock = None
+        self._open = False
+        if self.port is not None and self.remote is not None:
+            self.port.release(self.remote, self)
         sock, self._reading = self._reading, None
         if sock is not None:
             if self._loop is not None and not self._loop.is_closed():

@@ -1,0 +1,132 @@
+"""Every call's RTP on one UDP port: each call hears only its own Asterisk-side address."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import pytest
+from aicall_harness import RtpPeer, run
+from centralita.aicall import g711
+from centralita.aicall.agent import AicallAgent
+from centralita.aicall.metrics import AicallMetrics
+from centralita.aicall.rtp import Pacer, RtpMedia, RtpPacket, RtpPort
+from centralita.aicall.settings import AicallSettings
+from centralita.asterisk.ari import AriError
+from centralita.config import load_settings
+
+
+def test_two_calls_on_one_port_each_hear_only_their_own_caller() -> None:
+    async def scenario() -> tuple[list[int], list[int], int, list[int], tuple[Any, ...]]:
+        pacer = Pacer()
+        port = RtpPort()
+        medias, peers, heard = [], [], []
+        for index in range(2):
+            media = RtpMedia("ulaw", pacer, port=port, name=f"call-{index}")
+            received: list[bytes] = []
+            media.on_audio(received.append)
+            await media.start()
+            peer = RtpPeer()
+            media.set_remote(*await peer.start(media.local))  # as ARI's UNICASTRTP_LOCAL_ADDRESS/PORT
+            medias.append(media)
+            peers.append(peer)
+            heard.append(received)
+        peers[0].say(200)  # only the first caller speaks
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        loud = RtpPacket(0, 1, 0, 0x99, g711.tone(20, "ulaw", 220, 9000)).encode()
+        for _ in range(5):
+            stranger.sendto(loud, port.local)  # nobody claimed this address
+        await asyncio.sleep(0.5)
+        medias[0].play(g711.tone(200, "ulaw"), "item_1")  # a reply for the first call only
+        await asyncio.sleep(0.4)
+        locals_ = (medias[0].local, medias[1].local, port.local)
+        for media in medias:
+            await media.close()
+        claims_left = port.calls
+        unknown = port.unknown_packets
+        port.close()
+        await pacer.close()
+        for peer in peers:
+            await peer.close()
+        stranger.close()
+        loud_heard = [sum(1 for chunk in chunks if g711.rms(chunk, "ulaw") > 1000) for chunks in heard]
+        loud_sent = [sum(1 for a in peer.arrivals if a.loud) for peer in peers]
+        return loud_heard, loud_sent, unknown, [claims_left], locals_
+
+    loud_heard, loud_sent, unknown, claims_left, (first, second, shared) = run(scenario())
+    assert first == second == shared, "both calls use the one port"
+    assert loud_heard == [10, 0], "the first caller's 200 ms reached only the first call"
+    assert unknown == 5, "datagrams from an unclaimed address are counted and dropped"
+    assert loud_sent == [10, 0], "each call's reply goes only to its own caller"
+    assert claims_left == [0]
+
+
+def test_a_call_moving_to_a_new_address_stops_hearing_the_old_one() -> None:
+    async def scenario() -> tuple[int, int]:
+        pacer = Pacer()
+        port = RtpPort()
+        media = RtpMedia("ulaw", pacer, port=port, name="call")
+        received: list[bytes] = []
+        media.on_audio(received.append)
+        await media.start()
+        old, new = RtpPeer(), RtpPeer()
+        media.set_remote(*await old.start(media.local))
+        media.set_remote(*await new.start(media.local))
+        old.say(200)
+        await asyncio.sleep(0.4)
+        from_old = sum(1 for chunk in received if g711.rms(chunk, "ulaw") > 1000)
+        await media.close()
+        port.close()
+        await pacer.close()
+        await old.close()
+        await new.close()
+        return from_old, port.unknown_packets
+
+    from_old, unknown = run(scenario())
+    assert from_old == 0
+    assert unknown > 0
+
+
+def test_the_shared_port_takes_the_first_free_port_of_the_range() -> None:
+    async def scenario() -> tuple[int, int]:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            taken = probe.getsockname()[1] & ~1  # an even port, then hold it
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+            try:
+                holder.bind(("127.0.0.1", taken))
+            except OSError:
+                pytest.skip("the probed port was taken meanwhile")
+            port = RtpPort("127.0.0.1", (taken, taken + 2))
+            port.open()
+            local = port.local
+            port.close()
+        return taken, local[1]
+
+    taken, bound = run(scenario())
+    assert bound == taken + 2
+
+
+def test_externalmedia_without_its_rtp_address_fails_the_call_setup_and_releases_the_media() -> None:
+    class Ari:
+        base = "http://127.0.0.1:1"
+
+        async def external_media(self, *_args: Any, **_kwargs: Any) -> dict[str, Any]:
+            return {"id": "1795.1-media", "channelvars": {}}
+
+    async def scenario() -> tuple[str, int]:
+        env = {"AICALL_ARI_USER": "ai", "AICALL_ARI_PASSWORD": "p", "OPENAI_API_KEY": "k", "DB_USER": "aicall"}
+        agent = AicallAgent(load_settings(AicallSettings, environ=env), metrics=AicallMetrics(), store=None)
+        agent.ari.close()
+        agent.ari = Ari()  # type: ignore[assignment]
+        with pytest.raises(AriError) as failure:
+            await agent._open_media("1795.1")
+        streams = agent.pacer.streams
+        await agent.pacer.close()
+        agent.rtp_port.close()
+        return str(failure.value), streams
+
+    message, streams = run(scenario())
+    assert "UNICASTRTP_LOCAL" in message
+    assert streams == 0
