@@ -16,8 +16,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from websockets.exceptions import ConnectionClosed
-
 from centralita.aicall.provider import (
     AudioOut,
     Disconnected,
@@ -32,7 +30,7 @@ from centralita.aicall.provider import (
     SpeechStopped,
     Transcript,
 )
-from centralita.aicall.wsmodel import WebsocketModelSession
+from centralita.aicall.wsmodel import Inbox, ModelConnection, WebsocketModelSession
 
 log = logging.getLogger("centralita.aicall.realtime")
 
@@ -134,7 +132,7 @@ class RealtimeSession(WebsocketModelSession):
 
     async def connect(self, history: list[HistoryLine] | None = None) -> None:
         await self.close()
-        ws = await self._open(self._endpoint())
+        ws = await self._open(self._endpoint(), ModelConnection)
         self._reset_audio()
         self._attach(ws)
         self._send(session_update(self.config))
@@ -179,26 +177,27 @@ class RealtimeSession(WebsocketModelSession):
 
     async def events(self) -> AsyncIterator[ModelEvent]:
         ws = self._ws
-        if ws is None:
+        if not isinstance(ws, ModelConnection):
             yield Disconnected("not connected")
             return
-        reason = "closed"
+        async for event in self._inbox_events(ws):
+            yield event
+
+    def _message(self, inbox: Inbox, data: bytes) -> None:
+        # Runs in the socket's read callback for every message; only the events the call acts on
+        # wake its task (about half of a reply's messages are transcript deltas, which it ignores).
         try:
-            async for message in ws:
-                if isinstance(message, bytes):
-                    continue
-                try:
-                    event = json.loads(message)
-                except ValueError:
-                    log.warning("realtime %s: a frame that is not JSON: %.80r", self.name, message)
-                    continue
-                parsed = self._parse(event)
-                if parsed is not None:
-                    yield parsed
-            reason = f"closed by server ({ws.close_code} {ws.close_reason})"
-        except ConnectionClosed as exc:
-            reason = f"connection lost ({exc})"
-        yield Disconnected(reason)
+            event = json.loads(data)
+        except ValueError:
+            log.warning("realtime %s: a frame that is not JSON: %.80r", self.name, data)
+            return
+        try:
+            parsed = self._parse(event)
+        except Exception as exc:  # a malformed event: raised where the call reads it, as before
+            inbox.put(exc)
+            return
+        if parsed is not None:
+            inbox.put(parsed)
 
     def _parse(self, event: dict[str, Any]) -> ModelEvent | None:
         kind = event.get("type")

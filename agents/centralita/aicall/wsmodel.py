@@ -2,8 +2,9 @@
 
 Opening the socket (bearer key, protocol pings, no compression), one writer task
 that keeps events in order, the hot path for the caller's audio (written at once
-when nothing waits, else queued behind the writer), the marks that say when each
-millisecond of input audio left, and closing. Each provider adds its protocol:
+when nothing waits, else queued behind the writer), the read path that parses the
+server's messages as they arrive (:class:`ModelConnection`), the marks that say when
+each millisecond of input audio left, and closing. Each provider adds its protocol:
 what it sends on connect, how it names events, how it reads the server.
 """
 
@@ -12,18 +13,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import bisect
+import collections
 import contextlib
+import functools
 import json
+import logging
 import os
 import struct
 import time
 from array import array
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.protocol import State
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake, InvalidStatus
+from websockets.frames import DATA_OPCODES, Frame, Opcode
+from websockets.protocol import Event, State
 
 try:
     from websockets.speedups import apply_mask
@@ -31,7 +37,9 @@ except ImportError:  # the library built without its C helper
     from websockets.utils import apply_mask
 
 from centralita.aicall import g711
-from centralita.aicall.provider import ModelSession, ModelUnavailable
+from centralita.aicall.provider import Disconnected, ModelEvent, ModelSession, ModelUnavailable
+
+log = logging.getLogger("centralita.aicall.wsmodel")
 
 # Past this many bytes waiting in the socket's buffer, audio goes through the writer's queue.
 WRITE_BUFFER_LIMIT = 64 * 1024
@@ -121,6 +129,133 @@ def masked_text_frame(payload: bytes, keys: MaskKeys = MASK_KEYS) -> bytes:
     return head + key + apply_mask(payload, key)
 
 
+def _ignore(_message: bytes) -> None:
+    return None
+
+
+class ModelConnection(ClientConnection):
+    """A client connection that hands each whole text message to a callback as it is read.
+
+    The library's own reader queues every frame for a ``recv()`` that a task awaits: a future,
+    a task switch and a UTF-8 decode per message, even for the many messages the agent ignores
+    (transcript deltas). Here a message is handed over inside ``data_received``, so the provider
+    parses it there and wakes the call's task only for the events it acts on. Control frames stay
+    with the library: pings are answered, pongs feed its keepalive, the closing handshake and the
+    close codes are its own. Binary messages are dropped (the providers send none).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lost = False  # the TCP connection is gone: no message will follow
+        self._on_message: Callable[[bytes], None] | None = None
+        self._on_lost: Callable[[], None] | None = None
+        self._held: collections.deque[bytes] = collections.deque()  # read before a reader was attached
+        self._fragments: list[bytes] | None = None  # a fragmented message so far
+        self._fragmented_text = False
+
+    def deliver(self, on_message: Callable[[bytes], None], on_lost: Callable[[], None]) -> None:
+        """Hand each message to ``on_message`` from now on (held ones first), and the loss to ``on_lost``."""
+        self._on_message, self._on_lost = on_message, on_lost
+        held, self._held = self._held, collections.deque()
+        for message in held:
+            on_message(message)
+        if self.lost:
+            on_lost()
+
+    def stop_delivery(self) -> None:
+        """Drop the messages still arriving (the socket is closing); the loss is still reported."""
+        self._on_message = _ignore
+
+    def process_event(self, event: Event) -> None:
+        if self.response is None or not isinstance(event, Frame) or event.opcode not in DATA_OPCODES:
+            super().process_event(event)  # the handshake's response and the control frames
+            return
+        if event.opcode is Opcode.CONT:
+            if self._fragments is None:
+                return
+            self._fragments.append(bytes(event.data))
+            if not event.fin:
+                return
+            data, text = b"".join(self._fragments), self._fragmented_text
+            self._fragments = None
+        elif not event.fin:
+            self._fragments, self._fragmented_text = [bytes(event.data)], event.opcode is Opcode.TEXT
+            return
+        else:
+            data, text = bytes(event.data), event.opcode is Opcode.TEXT
+        if not text:
+            return
+        if self._on_message is not None:
+            self._on_message(data)
+        else:  # no reader yet: kept for the first one
+            self._held.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.lost = True
+        if self._on_lost is not None:
+            self._on_lost()
+
+    def disconnect_reason(self) -> str:
+        """Why the messages ended, worded as the reader of ``async for message in ws`` would see it."""
+        closed = self.protocol.close_exc
+        if isinstance(closed, ConnectionClosedOK):
+            return f"closed by server ({self.close_code} {self.close_reason})"
+        return f"connection lost ({closed})"
+
+
+class Inbox:
+    """The events parsed from one socket's messages, waiting for the call's task.
+
+    Reading pauses while more than ``HIGH`` wait and resumes when the task has taken them
+    (the library's own reader does the same), so a stalled task never buffers without bound.
+    """
+
+    HIGH = 64
+
+    def __init__(self, transport: Any = None) -> None:
+        self.events: collections.deque[ModelEvent | BaseException] = collections.deque()
+        self.lost = False
+        self._transport = transport
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: ModelEvent | BaseException) -> None:
+        """An event, or an exception the reader raises when it gets there."""
+        self.events.append(item)
+        if len(self.events) > self.HIGH and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+        self._wake()
+
+    def close(self) -> None:
+        self.lost = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def drain(self) -> AsyncIterator[ModelEvent]:
+        """Every event as it comes, until the socket is gone and nothing is left."""
+        events = self.events
+        while True:
+            while events:
+                item = events.popleft()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            if self._paused:
+                self._paused = False
+                with contextlib.suppress(RuntimeError):  # the transport closed meanwhile
+                    self._transport.resume_reading()
+            if self.lost:
+                return
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+
 class WebsocketModelSession(ModelSession):
     """Subclasses set ``protocol`` (for messages and task names) and ``audio_event`` (the
     event type that carries input audio), and call :meth:`_init_socket` in ``__init__``."""
@@ -147,6 +282,7 @@ class WebsocketModelSession(ModelSession):
         self.sent_audio_bytes = 0
         self._audio_prefix = b'{"type":"' + self.audio_event.encode("ascii") + b'","audio":"'
         self._ws: ClientConnection | None = None
+        self._inbox = Inbox()  # what the current socket's reader parsed (a ModelConnection's only)
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._writing = False
@@ -156,11 +292,12 @@ class WebsocketModelSession(ModelSession):
         self._buffer_ms = 0  # input audio sent on this socket, in ms (the server's audio clock)
         self._audio_marks = AudioMarks()
 
-    async def _open(self, endpoint: str) -> ClientConnection:
+    async def _open(self, endpoint: str, connection: type[ClientConnection] = ClientConnection) -> ClientConnection:
         """A connected socket, or :class:`ModelUnavailable` saying why not."""
         try:
             return await connect(
                 endpoint,
+                create_connection=connection,
                 additional_headers={"Authorization": f"Bearer {self.api_key}"},
                 open_timeout=self.connect_timeout,
                 ping_interval=self.ping_interval,
@@ -178,10 +315,23 @@ class WebsocketModelSession(ModelSession):
         """Use ``ws`` from now on: a fresh queue and its writer task."""
         read_in_small_chunks(ws.transport)
         self._ws = ws
+        if isinstance(ws, ModelConnection):
+            self._inbox = inbox = Inbox(ws.transport)
+            ws.deliver(functools.partial(self._message, inbox), inbox.close)
         self._outbox = asyncio.Queue()
         self._writer = asyncio.get_running_loop().create_task(
             self._write(ws), name=f"{self.protocol}-writer-{self.name}"
         )
+
+    def _message(self, inbox: Inbox, data: bytes) -> None:
+        """Parse one server message into ``inbox`` (runs in the socket's read callback)."""
+        raise NotImplementedError(f"{type(self).__name__} reads with ws.recv(), not a ModelConnection")
+
+    async def _inbox_events(self, ws: ModelConnection) -> AsyncIterator[ModelEvent]:
+        """The events of ``ws`` as its reader parsed them, then :class:`Disconnected` with the close's reason."""
+        async for event in self._inbox.drain():
+            yield event
+        yield Disconnected(ws.disconnect_reason())
 
     def _send(self, event: dict[str, Any]) -> None:
         if self._ws is None:
@@ -240,6 +390,8 @@ class WebsocketModelSession(ModelSession):
             self._writer = None
         ws, self._ws = self._ws, None
         if ws is not None:
+            if isinstance(ws, ModelConnection):
+                ws.stop_delivery()
             if goodbye is not None:
                 with contextlib.suppress(Exception):
                     if ws.protocol.state is State.OPEN:

@@ -261,3 +261,96 @@ def test_audio_marks_answer_from_the_last_frames_only() -> None:
     assert marks.sent_at(201) == 111.0, "the first frame at or after"
     assert marks.sent_at(20) == 108.0, "older than what is kept: the oldest kept"
     assert marks.sent_at(241) is None and marks.sent_at(-1) is None
+
+
+async def _serve_then(messages: list[object], close_code: int = 1000):
+    """A bare websocket server that sends ``messages`` (a list of fragments sends one message in pieces)."""
+    from websockets.asyncio.server import serve
+
+    async def handler(ws) -> None:
+        for message in messages:
+            await ws.send(message)
+        await ws.close(close_code, "done")
+
+    return await serve(handler, "127.0.0.1", 0)
+
+
+def test_the_reader_reassembles_fragments_skips_binary_and_ignored_events_and_keeps_the_order() -> None:
+    delta = {"type": "response.output_audio.delta", "item_id": "i", "response_id": "r"}
+    messages = [
+        json.dumps({**delta, "delta": "AAAA"}),
+        b"\x00\x01binary",  # no provider sends these: dropped
+        json.dumps({"type": "response.output_audio_transcript.delta", "delta": "hola"}),  # not acted on
+        [json.dumps({**delta, "delta": "////"})[:20], json.dumps({**delta, "delta": "////"})[20:]],  # in two frames
+        "not json",
+        json.dumps({"type": "input_audio_buffer.speech_started", "item_id": "u", "audio_start_ms": 40}),
+    ]
+
+    async def scenario() -> list[object]:
+        server = await _serve_then(messages)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            model = RealtimeSession(url=f"ws://127.0.0.1:{port}", model="m", api_key="k", config=CONFIG)
+            await model.connect()
+            events = [event async for event in model.events()]
+            await model.close()
+            return events
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    events = run(scenario())
+    assert events[:3] == [
+        AudioOut("i", "r", b"\x00\x00\x00"),
+        AudioOut("i", "r", b"\xff\xff\xff"),
+        SpeechStarted("u", 40),
+    ]
+    assert len(events) == 4 and "closed by server (1000 done)" in events[3].reason
+
+
+def test_a_close_with_an_error_code_reads_as_a_lost_connection_with_its_code() -> None:
+    async def scenario() -> object:
+        server = await _serve_then([], close_code=1011)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            model = RealtimeSession(url=f"ws://127.0.0.1:{port}", model="m", api_key="k", config=CONFIG)
+            await model.connect()
+            events = [event async for event in model.events()]
+            await model.close()
+            return events
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    (event,) = run(scenario())
+    assert event.reason.startswith("connection lost (") and "1011" in event.reason
+
+
+def test_a_malformed_event_is_raised_where_the_call_reads_it_after_the_events_before_it() -> None:
+    messages = [
+        json.dumps({"type": "input_audio_buffer.speech_started", "item_id": "u"}),
+        json.dumps({"type": "response.output_audio.delta"}),  # no item_id: the parser fails
+    ]
+
+    async def scenario() -> tuple[list[object], BaseException | None]:
+        server = await _serve_then(messages)
+        port = server.sockets[0].getsockname()[1]
+        seen: list[object] = []
+        failure = None
+        try:
+            model = RealtimeSession(url=f"ws://127.0.0.1:{port}", model="m", api_key="k", config=CONFIG)
+            await model.connect()
+            try:
+                async for event in model.events():
+                    seen.append(event)
+            except KeyError as exc:
+                failure = exc
+            await model.close()
+            return seen, failure
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    seen, failure = run(scenario())
+    assert seen == [SpeechStarted("u", 0)]
+    assert isinstance(failure, KeyError)
