@@ -15,6 +15,8 @@ import json
 import os
 import random
 import shlex
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -203,6 +205,51 @@ class StealClock:
         return max(last - first for first, last in zip(inside[0], inside[-1], strict=True)) * self._tick_ms
 
 
+_TWIN = """
+import json, select, sys, time
+stalls = []
+while True:
+    began = time.monotonic()
+    if select.select([sys.stdin], [], [], 0.002)[0]:
+        break
+    late = time.monotonic() - began - 0.002
+    if late > 0.01:
+        stalls.append([time.time() - late, late * 1000])
+print(json.dumps(stalls))
+"""
+
+
+class RealtimeTwin:
+    """A process that wakes every 2 ms under the agent's real-time policy, and notes each late wake-up.
+
+    The agent's pacer is a thread under ``SCHED_RR`` priority 10. Its twin, in a process of its own
+    (so the agent's interpreter lock never holds it back) and free to run on any CPU as the pacer is,
+    is late only when the host ran no task of that priority: the kernel or the hypervisor took the
+    CPUs, or other real-time work filled them. A gap toward the caller while the twin was on time is
+    the agent's own doing.
+    """
+
+    def __init__(self) -> None:
+        self.stalls: list[tuple[float, float]] = []
+        self._proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> RealtimeTwin:
+        argv = ["chrt", "-r", "10", sys.executable, "-c", _TWIN]
+        self._proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._proc is not None
+        out, _ = self._proc.communicate("", timeout=10)  # closing its input ends it
+        if self._proc.returncode != 0:
+            pytest.fail(f"the real-time twin failed (exit {self._proc.returncode})", pytrace=False)
+        self.stalls = [(at, ms) for at, ms in json.loads(out)]
+
+    def late_ms(self, start: float, end: float) -> float:
+        """The longest late wake-up overlapping [``start``, ``end``] (wall clock)."""
+        return max((ms for at, ms in self.stalls if at < end and at + ms / 1000 > start), default=0.0)
+
+
 @pytest.fixture
 def line(lab, vm_exec, add_peer) -> Iterator[AiLine]:
     states = vm_exec(f"systemctl is-active {SERVICES}", check=False).split()
@@ -280,7 +327,7 @@ def test_a_25_second_tool_call_keeps_rtp_and_the_keepalive_flowing(line: AiLine)
                 "arguments": {"pppoe_user": "ana.gomez", "count": 10},
                 "after_tool": "Su equipo responde bien.", "after_tool_ms": 2000}],
     )  # fmt: skip
-    with StealClock() as steal:
+    with StealClock() as steal, RealtimeTwin() as twin:
         result, caller, since = line.call([Utterance(2.0, "Mi equipo responde")], hangup_after=36)
     spoken_end = result.speech[0][1]
 
@@ -295,12 +342,15 @@ def test_a_25_second_tool_call_keeps_rtp_and_the_keepalive_flowing(line: AiLine)
     pacing = line.agent_pacing(record["call_uid"], since)
     assert result.answered_wall is not None
     long_gaps = [(at, gap) for at, gap in result.gaps if spoken_end <= at <= 35.5 and gap > MAX_GAP_MS]
-    stolen = [
-        (at, gap, steal.stolen_ms(result.answered_wall + at - gap / 1000 - 0.02, result.answered_wall + at + 0.05))
-        for at, gap in long_gaps
-    ]
-    unexplained = [(at, gap) for at, gap, ms in stolen if ms < 20]
-    assert not unexplained, f"RTP toward the caller stopped for over {MAX_GAP_MS} ms at {unexplained}; agent: {pacing}"
+    lost = []  # (s after answer, gap ms, ms of CPU the hypervisor took, ms the real-time twin woke late)
+    for at, gap in long_gaps:
+        start, end = result.answered_wall + at - gap / 1000 - 0.02, result.answered_wall + at + 0.05
+        lost.append((at, gap, steal.stolen_ms(start, end), round(twin.late_ms(start, end), 1)))
+    unexplained = [(at, gap) for at, gap, stolen, late in lost if stolen < 20 and late < 20]
+    assert not unexplained, (
+        f"RTP toward the caller stopped for over {MAX_GAP_MS} ms at {unexplained} while the host ran real-time "
+        f"work on time; agent: {pacing}\n{line.explain(result, since, record)}"
+    )
     assert result.packets_received >= 45 * (result.duration - 1)
     silence = longest_silence(result, spoken_end + 1, waited_until)
     assert silence < MAX_DEAD_AIR_S, f"{silence:.1f} s of dead air while the tool ran: {result.windows}"
@@ -313,10 +363,10 @@ def test_a_25_second_tool_call_keeps_rtp_and_the_keepalive_flowing(line: AiLine)
     assert conn["close_code"] == 1000 and conn["errors"] == []
     assert record["end_reason"] == "caller_hangup"
     line.assert_clean()
-    if stolen:  # everything else held; only the host's own CPU outage is left to report
+    if lost:  # everything else held; only the host's own outage is left to report
         pytest.xfail(
-            f"gaps toward the caller (s after answer, ms, ms of CPU the host's hypervisor took meanwhile): {stolen}; "
-            f"agent: {pacing}"
+            "gaps toward the caller while the host could not run real-time work (s after answer, gap ms, ms of CPU "
+            f"the hypervisor took, ms the real-time twin woke late): {lost}; agent: {pacing}"
         )
 
 
@@ -330,14 +380,25 @@ def test_the_caller_speaking_over_the_assistant_cuts_the_reply_at_what_was_heard
             {"transcript": "Perdone una pregunta", "reply": "Dígame.", "reply_ms": 1500},
         ],
     )  # fmt: skip
-    result, caller, since = line.call(
-        [Utterance(2.0, "Tengo una falla"), Utterance(6.5, "Perdone una pregunta")], hangup_after=13
-    )
+    with StealClock() as steal, RealtimeTwin() as twin:
+        result, caller, since = line.call(
+            [Utterance(2.0, "Tengo una falla"), Utterance(6.5, "Perdone una pregunta")], hangup_after=13
+        )
     first_end, (started, spoken_end) = result.speech[0][1], result.speech[1]
 
     heard_reply = result.heard_between(first_end, started + 0.5)
     assert heard_reply >= 1.5, f"the long reply played until the caller spoke:\n{line.explain(result, since)}"
-    assert result.heard_between(started + 0.5, spoken_end) < 0.2, f"the reply went on:\n{line.explain(result, since)}"
+    went_on = result.heard_between(started + 0.5, spoken_end)
+    if went_on >= 0.2 and result.answered_wall is not None:
+        start, end = result.answered_wall + started, result.answered_wall + started + 0.5 + went_on
+        lost = (steal.stolen_ms(start, end), twin.late_ms(start, end))
+        if max(lost) >= 100:  # the host itself stopped for a good part of the delay
+            pytest.xfail(
+                f"the reply went on {went_on:.2f} s after the caller spoke while the host lost {lost[0]:.0f} ms of "
+                f"CPU to its hypervisor and real-time work woke up to {lost[1]:.0f} ms late\n"
+                f"{line.explain(result, since)}"
+            )
+    assert went_on < 0.2, f"the reply went on:\n{line.explain(result, since)}"
     assert result.heard_between(spoken_end, 13) >= 1.0, "the answer to the interruption was heard"
 
     (conn,) = line.connections(since)
