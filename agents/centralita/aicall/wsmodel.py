@@ -240,6 +240,7 @@ class Inbox:
     async def drain(self) -> AsyncIterator[ModelEvent]:
         """Every event as it comes, until the socket is gone and nothing is left."""
         events = self.events
+        loop = asyncio.get_running_loop()
         while True:
             while events:
                 item = events.popleft()
@@ -252,7 +253,7 @@ class Inbox:
                     self._transport.resume_reading()
             if self.lost:
                 return
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = loop.create_future()
             await self._waiter
 
 
