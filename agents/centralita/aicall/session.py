@@ -138,7 +138,8 @@ class CallSession:
         self._end = asyncio.Event()
         self._end_reason = ""
         self._ending_as: str | None = None
-        self._waiting: set[str] = set()
+        self._waiting: set[str] = set()  # what the caller waits for: tool calls, a reconnection
+        self._wait_began = asyncio.Event()  # wakes the silence filler, which sleeps while nothing is waited for
         self._progress_responses: set[str] = set()
         self._item_response: dict[str, str] = {}
         self._cancelled_items: set[str] = set()
@@ -274,7 +275,7 @@ class CallSession:
 
     async def _reconnect(self) -> bool:
         self._reconnecting = True
-        self._waiting.add("reconnect")
+        self._begin_waiting("reconnect")
         self.record.reconnects += 1
         self.media.flush()
         self._abandon_tools("the model connection was lost while the tool ran")
@@ -422,7 +423,7 @@ class CallSession:
         )
         self._tool_tasks[call.call_id] = task
         self._tool_calls[call.call_id] = (call, time.time(), time.monotonic())
-        self._waiting.add(call.call_id)
+        self._begin_waiting(call.call_id)
         self._spawn(self._progress(task), "progress")
 
     async def _progress(self, task: asyncio.Task[ToolOutcome]) -> None:
@@ -507,9 +508,21 @@ class CallSession:
 
     # silence -------------------------------------------------------------------------
 
+    def _begin_waiting(self, what: str) -> None:
+        self._waiting.add(what)
+        self._wait_began.set()
+
     async def _fill_silence(self) -> None:
-        """While a tool runs or the model reconnects, a soft cue breaks any silence over ``cue_after``."""
+        """While a tool runs or the model reconnects, a soft cue breaks any silence over ``cue_after``.
+
+        Between waits it sleeps until one begins: a timer per call four times a second is a
+        cost every call would pay all the time.
+        """
         while True:
+            if not self._waiting:
+                self._wait_began.clear()
+                await self._wait_began.wait()
+                self._idle_since = time.monotonic()
             await asyncio.sleep(0.25)
             now = time.monotonic()
             if self.media.queued_ms > 0 or not self._waiting:
