@@ -56,7 +56,7 @@ class AicallSettings(DbSettings):
     ari_app: str = setting("AICALL_ARI_APP", default="centralita-ai")
     media: str = setting("AICALL_MEDIA", default="rtp", choices=("rtp", "websocket"))
     codec: str = setting("AICALL_CODEC", default="ulaw", choices=("ulaw", "alaw"))
-    rtp_bind: str = setting("AICALL_RTP_BIND", default="127.0.0.1", help="address the RTP sockets listen on")
+    rtp_bind: str = setting("AICALL_RTP_BIND", default="127.0.0.1", help="address the agent's RTP port listens on")
     rtp_advertise: str = setting(
         "AICALL_RTP_ADVERTISE", default="", help="address Asterisk sends RTP to (default: AICALL_RTP_BIND)"
     )
