@@ -110,7 +110,7 @@ class AicallAgent:
         self.config = session_config(settings, self.tools)
         self.pacer = Pacer()
         ports = (settings.rtp_port_min, settings.rtp_port_max) if settings.rtp_port_min else None
-        self.rtp_port = RtpPort(settings.rtp_bind, ports)  # every call's RTP, bound at the first call
+        self.rtp_port = RtpPort(settings.rtp_bind, ports, max_calls=settings.max_calls)  # bound at the first call
         self.sessions: dict[str, CallSession] = {}
         self._calls: dict[str, asyncio.Task[None]] = {}
         self._playbacks: dict[str, asyncio.Future[None]] = {}

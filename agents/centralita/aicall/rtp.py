@@ -42,8 +42,13 @@ _HEADER = struct.Struct("!BBHII")
 # library may serve with a fresh memory mapping per read (about 30 µs per read, measured alone).
 RECV_SIZE = 2048
 # The shared port's receive buffer: every call's audio waits in it while the event loop is busy. The
-# kernel caps the request at net.core.rmem_max; 4 MiB holds about 0.3 s of 200 calls' frames.
+# kernel grants twice the request, capped at twice net.core.rmem_max unless the process may force it.
 SHARED_RECV_BUFFER = 4 * 2**20
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux's value; Python exports it only on some builds
+# What one queued 20 ms datagram takes of a receive buffer (the kernel's accounting; measured on Linux 6).
+DATAGRAM_TRUESIZE = 832
+# Less caller audio than this held for every call at once is worth a warning at start.
+HELD_WARNING_MS = 200
 
 
 class RtpError(ValueError):
@@ -282,9 +287,12 @@ class RtpPort:
 
     BATCH = 256  # datagrams per wake-up at most: a flood cannot keep the loop from its other work
 
-    def __init__(self, bind_host: str = "127.0.0.1", port_range: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self, bind_host: str = "127.0.0.1", port_range: tuple[int, int] | None = None, *, max_calls: int = 200
+    ) -> None:
         self.bind_host = bind_host
         self.port_range = port_range
+        self.max_calls = max_calls
         self.local: tuple[str, int] | None = None
         self.sock: socket.socket | None = None
         self.receive_buffer = 0  # bytes the kernel granted for the receive queue
@@ -300,13 +308,29 @@ class RtpPort:
             return
         loop = asyncio.get_running_loop()
         sock = _bind(self.bind_host, self.port_range)
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SHARED_RECV_BUFFER)
+        for option in (SO_RCVBUFFORCE, socket.SO_RCVBUF):  # forcing needs CAP_NET_ADMIN; else capped by rmem_max
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, SHARED_RECV_BUFFER)
+                break
+            except OSError:
+                continue
         self.receive_buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         loop.add_reader(sock.fileno(), self._readable)
         self._loop, self.sock = loop, sock
         self.local = sock.getsockname()[:2]
         log.info("rtp: every call's media on %s:%d (receive buffer %d KiB)", *self.local, self.receive_buffer // 1024)
+        if self.held_ms < HELD_WARNING_MS:
+            log.warning(
+                "rtp: the receive buffer holds %d ms of audio for %d calls: a busy event loop drops callers' "
+                "audio after that; raise net.core.rmem_max to %d",
+                self.held_ms, self.max_calls, SHARED_RECV_BUFFER,
+            )  # fmt: skip
+
+    @property
+    def held_ms(self) -> int:
+        """How much caller audio the receive buffer holds for ``max_calls`` calls at once."""
+        frames = self.receive_buffer // DATAGRAM_TRUESIZE
+        return frames * g711.FRAME_MS // max(1, self.max_calls)
 
     @property
     def calls(self) -> int:

@@ -130,3 +130,20 @@ def test_externalmedia_without_its_rtp_address_fails_the_call_setup_and_releases
     message, streams = run(scenario())
     assert "UNICASTRTP_LOCAL" in message
     assert streams == 0
+
+
+def test_a_receive_buffer_too_small_for_the_calls_is_reported_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> tuple[int, int]:
+        roomy, crowded = RtpPort(max_calls=10), RtpPort(max_calls=1_000_000)
+        roomy.open()
+        crowded.open()
+        held = roomy.held_ms, crowded.held_ms
+        roomy.close()
+        crowded.close()
+        return held
+
+    with caplog.at_level("WARNING", logger="centralita.aicall.rtp"):
+        roomy_ms, crowded_ms = run(scenario())
+    assert roomy_ms >= 200 > crowded_ms
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "net.core.rmem_max" in warnings[0] and "1000000 calls" in warnings[0]
