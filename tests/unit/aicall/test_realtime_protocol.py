@@ -275,6 +275,21 @@ async def _serve_then(messages: list[object], close_code: int = 1000):
     return await serve(handler, "127.0.0.1", 0)
 
 
+async def _events_from(messages: list[object], close_code: int = 1000) -> list[object]:
+    """Every event a session reads from a server that sends ``messages`` and closes with ``close_code``."""
+    server = await _serve_then(messages, close_code=close_code)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        model = RealtimeSession(url=f"ws://127.0.0.1:{port}", model="m", api_key="k", config=CONFIG)
+        await model.connect()
+        events = [event async for event in model.events()]
+        await model.close()
+        return events
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 def test_the_reader_reassembles_fragments_skips_binary_and_ignored_events_and_keeps_the_order() -> None:
     delta = {"type": "response.output_audio.delta", "item_id": "i", "response_id": "r"}
     messages = [
@@ -286,20 +301,7 @@ def test_the_reader_reassembles_fragments_skips_binary_and_ignored_events_and_ke
         json.dumps({"type": "input_audio_buffer.speech_started", "item_id": "u", "audio_start_ms": 40}),
     ]
 
-    async def scenario() -> list[object]:
-        server = await _serve_then(messages)
-        port = server.sockets[0].getsockname()[1]
-        try:
-            model = RealtimeSession(url=f"ws://127.0.0.1:{port}", model="m", api_key="k", config=CONFIG)
-            await model.connect()
-            events = [event async for event in model.events()]
-            await model.close()
-            return events
-        finally:
-            server.close()
-            await server.wait_closed()
-
-    events = run(scenario())
+    events = run(_events_from(messages))
     assert events[:3] == [
         AudioOut("i", "r", b"\x00\x00\x00"),
         AudioOut("i", "r", b"\xff\xff\xff"),
@@ -309,20 +311,7 @@ def test_the_reader_reassembles_fragments_skips_binary_and_ignored_events_and_ke
 
 
 def test_a_close_with_an_error_code_reads_as_a_lost_connection_with_its_code() -> None:
-    async def scenario() -> object:
-        server = await _serve_then([], close_code=1011)
-        port = server.sockets[0].getsockname()[1]
-        try:
-            model = RealtimeSession(url=f"ws://127.0.0.1:{port}", model="m", api_key="k", config=CONFIG)
-            await model.connect()
-            events = [event async for event in model.events()]
-            await model.close()
-            return events
-        finally:
-            server.close()
-            await server.wait_closed()
-
-    (event,) = run(scenario())
+    (event,) = run(_events_from([], close_code=1011))
     assert event.reason.startswith("connection lost (") and "1011" in event.reason
 
 
