@@ -451,7 +451,12 @@ class CallSession:
             self._spawn(self._act(action), "action")
 
     async def _submit(self, calls: list[tuple[str, str]]) -> None:
-        """After the function call's response is done: every output, then one new response."""
+        """After the function call's response is done: every output, then one new response.
+
+        A call abandoned meanwhile (the model socket dropped) was recorded then, and the new
+        session never asked for it: it is neither recorded again nor answered.
+        """
+        submitted = False
         for call_id, name in calls:
             task = self._tool_tasks.get(call_id)
             if task is None:
@@ -459,13 +464,20 @@ class CallSession:
             try:
                 outcome = await task
             finally:
-                self._tool_tasks.pop(call_id, None)
-                self._tool_calls.pop(call_id, None)
-                self._waiting.discard(call_id)
+                owned = self._tool_tasks.get(call_id) is task
+                if owned:
+                    del self._tool_tasks[call_id]
+                    self._tool_calls.pop(call_id, None)
+                    self._waiting.discard(call_id)
+            if not owned:
+                continue
             self.record.tools.append(outcome)
             self.metrics.tool_seconds.observe(outcome.duration, tool=name, outcome=outcome.outcome)
             log.info("call %s: tool %s %s in %.2f s", self.name, name, outcome.outcome, outcome.duration)
             await self.model.tool_result(call_id, outcome.output)
+            submitted = True
+        if not submitted:
+            return
         if self._pending_action is not None:
             self._action_spoken = True
         await self.model.respond()
