@@ -348,8 +348,14 @@ def test_blacklisted_source_is_refused_before_anything_else(world):
 
     assert "X-Centralita-Reason: blacklisted" in world.messages(result)
     assert world.cdrs(customer, timeout=2) == [], "refused before the customer was even looked up"
-    rows = world.q("SELECT reject_reason FROM sbc_cdrs WHERE source_ip = %s ORDER BY id DESC LIMIT 1", (cust_ip,))
+    rows = world.q(
+        "SELECT reject_reason, customer_id, callee_normalized FROM sbc_cdrs WHERE source_ip = %s"
+        " ORDER BY id DESC LIMIT 1",
+        (cust_ip,),
+    )
     assert rows[0]["reject_reason"] == "blacklisted"
+    # nothing of a call the same Kamailio worker handled before
+    assert rows[0]["customer_id"] is None and rows[0]["callee_normalized"] is None, rows[0]
     world.q("DELETE FROM sbc_cdrs WHERE source_ip = %s AND customer_id IS NULL", (cust_ip,))
 
 
