@@ -161,13 +161,29 @@ class CpuUse:
     # the load (CDRs, traces) and done after it is the step's too
     kamailio_ms: float = 0.0
     mariadb_ms: float = 0.0
+    # the host's own view while the load ran: its load average at the end, and the share of its CPU time a
+    # hypervisor took (steal): other work on the machine changes what a rate costs
+    host_load: float = 0.0
+    host_steal: float = 0.0
 
     def text(self) -> str:
         return (
             f"{self.vm_cpus} CPUs {self.vm_busy:.0%} busy, kamailio {self.kamailio:.0%}, "
             f"mariadb {self.mariadb:.0%}, SIPp (host) {self.sipp:.0%} of one CPU; per call: "
-            f"kamailio {self.kamailio_ms:.2f} ms, mariadb {self.mariadb_ms:.2f} ms"
+            f"kamailio {self.kamailio_ms:.2f} ms, mariadb {self.mariadb_ms:.2f} ms; "
+            f"host load {self.host_load:.1f}, steal {self.host_steal:.1%}"
         )
+
+
+def host_cpu_ticks() -> tuple[int, int]:
+    """(all ticks, steal ticks) of this machine, from /proc/stat."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:9]
+    ticks = [int(v) for v in fields]
+    return sum(ticks), ticks[7]
+
+
+def host_load() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 @dataclasses.dataclass
@@ -347,6 +363,7 @@ class Bench:
         since = self.sql("SELECT UTC_TIMESTAMP(3)").strip()
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu_before = self.cpu_sample()
+        host_before = host_cpu_ticks()
         # room for stray calls (probes, retransmissions): the carrier must outlive the customers;
         # it is stopped once they are done
         uas = self.sipp("buas", "uas.xml", None, calls * 2 + 100, 1, timeout + 10, [])
@@ -365,6 +382,8 @@ class Bench:
             ok += int(st.get("SuccessfulCall(C)", 0))
             failed += int(st.get("FailedCall(C)", 0))
         cpu_after = self.cpu_sample()
+        host_after = host_cpu_ticks()
+        load = host_load()
         uas.terminate()
         try:
             uas.wait(timeout=10)
@@ -389,6 +408,9 @@ class Bench:
                     break
                 time.sleep(2)
         cpu = self.cpu_use(cpu_before, cpu_after, sipp_s, self.cpu_sample() if count_cdrs else cpu_after, calls)
+        cpu.host_load = load
+        all_ticks = host_after[0] - host_before[0]
+        cpu.host_steal = (host_after[1] - host_before[1]) / all_ticks if all_ticks else 0.0
         return StepResult(rate, calls, ok, failed, cdrs, cpu)
 
     def ladder(self, port: int, count_cdrs: bool, label: str, rates: list[int]) -> int:
