@@ -11,6 +11,9 @@ Measured per load point:
   ``input_audio_buffer.append`` is written to the model socket (p50/p99): the kernel, the
   wait for the event loop, the call logic and the framing (the callers put their send time
   in the RTP SSRC, on the host's monotonic clock);
+- the same from the frame's arrival at the agent's socket (the kernel's receive time stamp,
+  ``SO_TIMESTAMPNS``) until that write: what the agent itself adds, without the callers'
+  own delays between taking their time stamp and ``sendto``;
 - outbound added latency: a frame's due time on the 20 ms clock until it is sent (p50/p99);
 - outbound pacing jitter at the callers: |inter-arrival - 20 ms| (p50/p99, worst gap);
 - the callers' real send rate (frames per call and second): a busy helper core sends fewer than
@@ -29,6 +32,7 @@ import contextlib
 import gc
 import itertools
 import json
+import logging
 import os
 import socket
 import struct
@@ -48,6 +52,8 @@ from centralita.aicall.record import CallRecord
 from centralita.aicall.rtp import PAYLOAD_TYPES, SWITCH_INTERVAL_S, Pacer, RtpMedia, RtpPacket, RtpPort
 from centralita.aicall.session import CallPolicy, CallSession
 from centralita.aicall.tools.base import ToolBox
+
+log = logging.getLogger("centralita.aicall.bench")
 
 WARM_UP_S = 2.0
 CALLER_SLOTS = 20  # the callers' frames leave in this many groups per 20 ms, as independent calls' do
@@ -167,6 +173,48 @@ def _clock_us() -> int:
     return (time.monotonic_ns() // 1000) & 0xFFFFFFFF
 
 
+def _wall_us() -> int:
+    """The host's real-time clock in µs, 32 bits: the clock of the kernel's receive time stamps."""
+    return (time.time_ns() // 1000) & 0xFFFFFFFF
+
+
+class _TimedRtpPort(RtpPort):
+    """The agent's shared port, reading each datagram with the kernel's time of its arrival.
+
+    The same loop as :meth:`RtpPort._readable`, with ``recvmsg_into`` and its ancillary data in
+    place of ``recvfrom_into``: the arrival goes to the call's model session beside the send time.
+    """
+
+    def open(self) -> None:
+        super().open()
+        if self.sock is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+    def _readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        receive, buffers, view, calls = sock.recvmsg_into, [self._buffer], self._view, self._calls
+        ancillary_size = socket.CMSG_SPACE(16)
+        for _ in range(self.BATCH):
+            try:
+                size, ancillary, _flags, addr = receive(buffers, ancillary_size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("rtp: socket error %s", exc)
+                continue
+            media = calls.get(addr)
+            if media is None:
+                self.unknown_packets += 1
+                continue
+            model = getattr(media, "model", None)
+            if model is not None and ancillary:
+                seconds, nanos = struct.unpack_from("qq", ancillary[0][2])
+                model.arrived_at.append((seconds * 1_000_000 + nanos // 1000) & 0xFFFFFFFF)
+            media._received(view[:size], addr)
+
+
 class _TimedRtpMedia(RtpMedia):
     """RtpMedia that notes when each caller frame was sent: the callers put that time in the SSRC."""
 
@@ -180,32 +228,38 @@ class _TimedRtpMedia(RtpMedia):
 
 
 class _TimedRealtime(RealtimeSession):
-    """RealtimeSession that times each caller frame from the caller's send to the model socket write.
+    """RealtimeSession that times each caller frame until its write to the model socket.
 
-    That covers the kernel, the wait for the event loop to read the socket, the call logic and
-    the framing; a frame that goes through the writer task is timed when the task wrote it.
+    From the caller's send (its time stamp in the SSRC): the callers' own delay before ``sendto``,
+    the kernel, the wait for the event loop to read the socket, the call logic and the framing.
+    From the kernel's time stamp of its arrival at the agent's socket: the same without the
+    callers' part. A frame that goes through the writer task is timed when the task wrote it.
     """
 
-    def __init__(self, latencies: array, **kwargs: Any) -> None:
+    def __init__(self, latencies: array, arrival_latencies: array, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.sent_at: collections.deque[int] = collections.deque(maxlen=100)
-        self._stamps: collections.deque[list[int] | None] = collections.deque()
+        self.arrived_at: collections.deque[int] = collections.deque(maxlen=100)
+        self._stamps: collections.deque[tuple[list[int], list[int]] | None] = collections.deque()
         self._latencies = latencies
+        self._arrival_latencies = arrival_latencies
 
     def _send(self, event: dict[str, Any]) -> None:
         self._stamps.append(None)
         super()._send(event)
 
-    def _done(self, sent: list[int]) -> None:
-        now = _clock_us()
+    def _done(self, sent: list[int], arrived: list[int]) -> None:
+        now, wall = _clock_us(), _wall_us()
         self._latencies.extend(((now - at) & 0xFFFFFFFF) / 1e6 for at in sent)
+        self._arrival_latencies.extend(((wall - at) & 0xFFFFFFFF) / 1e6 for at in arrived)
 
     def send_audio(self, audio: bytes) -> None:
         # Runs for every caller frame: the timing itself is kept to a few operations, since its CPU
         # counts in the agent's column.
-        sent_at = self.sent_at
+        sent_at, arrived_at = self.sent_at, self.arrived_at
         if self._ws is None:
             sent_at.clear()
+            arrived_at.clear()
             return
         outbox = self._outbox
         queued = outbox.qsize()
@@ -213,17 +267,21 @@ class _TimedRealtime(RealtimeSession):
         if len(audio) <= g711.FRAME_BYTES:  # one frame per message (the default)
             if sent_at:
                 at = sent_at.popleft()
+                arrived = [arrived_at.popleft()] if arrived_at else []
                 if outbox.qsize() > queued:
-                    self._stamps.append([at])  # went through the writer task: timed when written
-                else:
-                    self._latencies.append(((_clock_us() - at) & 0xFFFFFFFF) / 1e6)  # written at once
+                    self._stamps.append(([at], arrived))  # went through the writer task: timed when written
+                else:  # written at once
+                    self._latencies.append(((_clock_us() - at) & 0xFFFFFFFF) / 1e6)
+                    if arrived:
+                        self._arrival_latencies.append(((_wall_us() - arrived[0]) & 0xFFFFFFFF) / 1e6)
             return
         frames = len(audio) // g711.FRAME_BYTES  # AICALL_INPUT_FRAMES: the oldest waited longest
         sent = [sent_at.popleft() for _ in range(min(frames, len(sent_at)))]
+        arrived = [arrived_at.popleft() for _ in range(min(frames, len(arrived_at)))]
         if outbox.qsize() > queued:
-            self._stamps.append(sent)
+            self._stamps.append((sent, arrived))
         else:
-            self._done(sent)
+            self._done(sent, arrived)
 
     async def _write(self, ws: Any) -> None:
         from websockets.exceptions import ConnectionClosed
@@ -238,7 +296,7 @@ class _TimedRealtime(RealtimeSession):
                 finally:
                     self._writing = False
                 if stamp is not None:
-                    self._done(stamp)
+                    self._done(*stamp)
         except ConnectionClosed:
             return
 
@@ -259,8 +317,10 @@ class Point:
     calls: int
     alive: int  # calls still up at the end of the measurement (all of them, unless the agent failed)
     frames_in: float  # frames each caller sent per second (50 when the callers' process kept pace)
-    inbound_p50_ms: float
+    inbound_p50_ms: float  # from the caller's send
     inbound_p99_ms: float
+    arrival_p50_ms: float  # from the arrival at the agent's socket (kernel time stamp)
+    arrival_p99_ms: float
     outbound_p50_ms: float
     outbound_p99_ms: float
     clock_p50_ms: float  # the pass's start after its due time: the wake-up of the pacer's thread
@@ -321,9 +381,10 @@ async def run_point(
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=_pin(helper_cores, realtime),
     )  # fmt: skip
     pacer = Pacer()
-    port = None if own_sockets else RtpPort()  # as the agent: every call's RTP on one socket
+    port = None if own_sockets else _TimedRtpPort()  # as the agent: every call's RTP on one socket
     metrics = AicallMetrics()
     inbound = array("d")  # flat arrays: samples the garbage collector never walks
+    arrival = array("d")
     sessions: list[CallSession] = []
     tasks: list[asyncio.Task[CallRecord]] = []
     medias: list[RtpMedia] = []
@@ -335,7 +396,7 @@ async def run_point(
             media = _TimedRtpMedia(law, pacer, port=port, name=f"bench-{index}")
             await media.start()
             medias.append(media)
-            model = _TimedRealtime(inbound, url=url, model="bench", api_key="bench", config=config)
+            model = _TimedRealtime(inbound, arrival, url=url, model="bench", api_key="bench", config=config)
             media.model = model
             session = CallSession(
                 record=CallRecord(f"bench-{index}", "caller", "did"),
@@ -368,6 +429,7 @@ async def run_point(
         await generator.stdin.drain()
         await asyncio.sleep(WARM_UP_S)
         del inbound[:]
+        del arrival[:]
         pacer.lateness = array("d")
         pacer.passes = []
         cpu, wall = time.process_time(), time.perf_counter()
@@ -378,6 +440,7 @@ async def run_point(
         passes = pacer.passes or []
         pacer.lateness = pacer.passes = None
         inbound_ms = [v * 1000 for v in inbound]
+        arrival_ms = [v * 1000 for v in arrival]
         outbound_ms = [v * 1000 for v in outbound]
         return Point(
             calls=calls,
@@ -385,6 +448,8 @@ async def run_point(
             frames_in=result["send_rate"],
             inbound_p50_ms=_percentile(inbound_ms, 0.5),
             inbound_p99_ms=_percentile(inbound_ms, 0.99),
+            arrival_p50_ms=_percentile(arrival_ms, 0.5),
+            arrival_p99_ms=_percentile(arrival_ms, 0.99),
             outbound_p50_ms=_percentile(outbound_ms, 0.5),
             outbound_p99_ms=_percentile(outbound_ms, 0.99),
             clock_p50_ms=_percentile([late * 1000 for late, _ in passes], 0.5),
@@ -421,13 +486,15 @@ async def run_point(
 
 def table(points: list[Point]) -> str:
     lines = [
-        "| calls (alive) | frames in /s | in p50 / p99 ms | out p50 / p99 ms | clock late p50 / p99 ms | pass ms "
-        "| jitter p50 / p99 ms | worst gap ms | CPU per call % | agent CPU % | host load |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| calls (alive) | frames in /s | in from send p50 / p99 ms | in from arrival p50 / p99 ms "
+        "| out p50 / p99 ms | clock late p50 / p99 ms | pass ms | jitter p50 / p99 ms | worst gap ms "
+        "| CPU per call % | agent CPU % | host load |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in points:
         lines.append(
             f"| {p.calls} ({p.alive}) | {p.frames_in:.1f} | {p.inbound_p50_ms:.2f} / {p.inbound_p99_ms:.2f} | "
+            f"{p.arrival_p50_ms:.2f} / {p.arrival_p99_ms:.2f} | "
             f"{p.outbound_p50_ms:.2f} / {p.outbound_p99_ms:.2f} | {p.clock_p50_ms:.2f} / {p.clock_p99_ms:.2f} | "
             f"{p.pass_p50_ms:.2f} | {p.jitter_p50_ms:.2f} / {p.jitter_p99_ms:.2f} | {p.max_gap_ms:.1f} | "
             f"{p.cpu_per_call_percent:.2f} | {p.agent_cpu_percent:.0f} | {p.load_average:.1f} |"
