@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import socket
@@ -108,6 +109,111 @@ def _step_below_the_pacer() -> None:
         log.warning("rtp pacer: cannot put the event loop below the pacer: %s", exc)
 
 
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_void_p),
+        ("namelen", ctypes.c_uint32),
+        ("iov", ctypes.POINTER(_Iovec)),
+        ("iovlen", ctypes.c_size_t),
+        ("control", ctypes.c_void_p),
+        ("controllen", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+    ]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", _Msghdr), ("length", ctypes.c_uint)]
+
+
+def _load_sendmmsg() -> Callable[..., int] | None:
+    """The C library's ``sendmmsg`` (Linux), or None where there is none."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sendmmsg  # CDLL: the interpreter lock is released meanwhile
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+_sendmmsg = _load_sendmmsg()
+
+
+def _sockaddr_in(host: str, port: int) -> bytes | None:
+    """``struct sockaddr_in`` for a numeric IPv4 address, or None for anything else."""
+    try:
+        address = socket.inet_pton(socket.AF_INET, host)
+    except (OSError, TypeError):
+        return None
+    return struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + address + bytes(8)
+
+
+class FrameBatch:
+    """One pass's frames sent with one ``sendmmsg`` system call instead of a ``sendto`` per call.
+
+    Built once for a pass's set of calls (rebuilt when a call joins, leaves or changes its
+    address): each message points at its call's packet buffer and Asterisk-side address, so
+    a pass only fills the buffers and makes one call into the kernel, which also releases and
+    takes back the interpreter lock once per pass instead of once per frame. Only calls that
+    share one socket (the agent's :class:`RtpPort`) and send to IPv4 addresses are batched;
+    :meth:`of` returns None for any other set, and the pacer then sends call by call.
+    """
+
+    def __init__(self, streams: list[RtpMedia], sock: socket.socket, names: list[bytes]) -> None:
+        self.streams = streams
+        self._sock = sock
+        self._fd = sock.fileno()
+        count = len(streams)
+        self._names = [ctypes.create_string_buffer(name, len(name)) for name in names]
+        self._iovecs = (_Iovec * count)()
+        self._messages = (_Mmsghdr * count)()
+        for index, stream in enumerate(streams):
+            buffer = stream._packet_buffer
+            self._iovecs[index].base = ctypes.addressof(buffer)
+            self._iovecs[index].length = ctypes.sizeof(buffer)
+            header = self._messages[index].hdr
+            header.name = ctypes.addressof(self._names[index])
+            header.namelen = len(names[index])
+            header.iov = ctypes.pointer(self._iovecs[index])
+            header.iovlen = 1
+        self._size = ctypes.sizeof(_Mmsghdr)
+
+    @classmethod
+    def of(cls, streams: list[object]) -> FrameBatch | None:
+        if _sendmmsg is None or not streams:
+            return None
+        sock, names = None, []
+        for stream in streams:
+            target = stream.batch_target() if isinstance(stream, RtpMedia) else None
+            if target is None or (sock is not None and target[0] is not sock):
+                return None
+            sock = target[0]
+            names.append(target[1])
+        assert sock is not None
+        return cls(streams, sock, names)  # type: ignore[arg-type]
+
+    def send(self) -> list[int]:
+        """Send every call's prepared packet; returns the indexes of the calls whose frame was lost."""
+        count = len(self.streams)
+        if self._sock.fileno() != self._fd:  # the port was closed: its number may belong to another socket now
+            return list(range(count))
+        failed: list[int] = []
+        offset = 0
+        messages, size = self._messages, self._size
+        while offset < count:
+            sent = _sendmmsg(self._fd, ctypes.byref(messages, offset * size), count - offset, 0)
+            if sent <= 0:  # the message at ``offset`` failed (a full buffer): that frame is lost, the rest go on
+                failed.append(offset)
+                offset += 1
+            else:
+                offset += sent
+        return failed
+
+
 class Pacer:
     """One clock for every RTP stream of the process: a thread that sends every due frame.
 
@@ -122,6 +228,9 @@ class Pacer:
     one pass sends a tenth of the calls, so the last frame of a pass leaves well within a
     millisecond of its due time (each ``sendto`` costs 10-20 µs). Passes without a call are
     skipped. Ten passes rather than four cost about 1-2 % of a core in extra wake-ups.
+
+    A pass over calls that share the agent's one RTP port sends all their frames with one
+    ``sendmmsg`` (:class:`FrameBatch`); other streams are sent one ``tick()`` at a time.
 
     A late pass (the host did not run the thread) is caught up by at most two frames; after
     a longer stall the clock restarts instead of bursting, because a burst is worse than a gap.
@@ -142,6 +251,8 @@ class Pacer:
         self._sleep = sleep
         self._phases: list[dict[int, RtpMedia]] = [{} for _ in range(max(1, phases))]
         self._phase_of: dict[int, int] = {}
+        # per pass: its FrameBatch, None when its calls cannot be batched, _STALE to be rebuilt
+        self._batches: list[FrameBatch | object | None] = [_STALE] * len(self._phases)
         self._lock = threading.Lock()  # held for a whole pass: a removed stream is never sent to afterwards
         self._wake = threading.Event()
         self._stop = False
@@ -160,6 +271,7 @@ class Pacer:
             phase = min(range(len(self._phases)), key=lambda index: len(self._phases[index]))
             self._phases[phase][id(stream)] = stream
             self._phase_of[id(stream)] = phase
+            self._batches[phase] = _STALE
         if self._thread is None or not self._thread.is_alive():
             self._stop = False
             self._thread = threading.Thread(target=self._run, name="rtp-pacer", daemon=True)
@@ -172,6 +284,14 @@ class Pacer:
             phase = self._phase_of.pop(id(stream), None)
             if phase is not None:
                 self._phases[phase].pop(id(stream), None)
+                self._batches[phase] = _STALE
+
+    def changed(self, stream: RtpMedia) -> None:
+        """``stream`` sends somewhere else now: its pass's batch is rebuilt before the next send."""
+        with self._lock:
+            phase = self._phase_of.get(id(stream))
+            if phase is not None:
+                self._batches[phase] = _STALE
 
     @property
     def streams(self) -> int:
@@ -230,29 +350,66 @@ class Pacer:
         lateness, clock = self.lateness, self._clock
         started = clock()
         with self._lock:
-            streams = self._phases[phase]
-            for key, stream in list(streams.items()):
-                try:
-                    stream.tick()
-                except Exception:  # one broken call must not silence the others
-                    log.exception("rtp stream tick failed; removing stream %s", stream.name)
-                    streams.pop(key, None)
-                    self._phase_of.pop(key, None)
+            batch = self._batches[phase]
+            if batch is _STALE:
+                batch = self._batches[phase] = FrameBatch.of(list(self._phases[phase].values()))
+            if isinstance(batch, FrameBatch):
+                self._send_batch(phase, batch)
                 if lateness is not None:
-                    lateness.append(clock() - due)
+                    lateness.extend([clock() - due] * len(batch.streams))
+            else:
+                self._tick_each(phase, due)
         if self.passes is not None:
             self.passes.append((started - due, clock() - started))
+
+    def _send_batch(self, phase: int, batch: FrameBatch) -> None:
+        now = time.monotonic()
+        broken = []
+        for stream in batch.streams:
+            try:
+                stream.prepare(now)
+            except Exception:  # one broken call must not silence the others
+                log.exception("rtp stream tick failed; removing stream %s", stream.name)
+                broken.append(stream)
+        if broken:
+            self._batches[phase] = _STALE
+            for stream in broken:
+                self._phases[phase].pop(id(stream), None)
+                self._phase_of.pop(id(stream), None)
+            for stream in batch.streams:  # the batch still points at the broken calls' buffers
+                if stream not in broken:
+                    stream.send_prepared()
+            return
+        for index in batch.send():
+            batch.streams[index].send_errors += 1
+
+    def _tick_each(self, phase: int, due: float) -> None:
+        lateness, clock = self.lateness, self._clock
+        streams = self._phases[phase]
+        for key, stream in list(streams.items()):
+            try:
+                stream.tick()
+            except Exception:  # one broken call must not silence the others
+                log.exception("rtp stream tick failed; removing stream %s", stream.name)
+                streams.pop(key, None)
+                self._phase_of.pop(key, None)
+            if lateness is not None:
+                lateness.append(clock() - due)
 
     async def close(self) -> None:
         with self._lock:
             for streams in self._phases:
                 streams.clear()
             self._phase_of.clear()
+            self._batches = [_STALE] * len(self._phases)
         thread, self._thread = self._thread, None
         if thread is not None:
             self._stop = True
             self._wake.set()
             await asyncio.to_thread(thread.join, 5)
+
+
+_STALE = object()
 
 
 def _bind(bind_host: str, port_range: tuple[int, int] | None) -> socket.socket:
@@ -413,6 +570,8 @@ class RtpMedia(MediaPath):
         self._sock: socket.socket | None = None  # where the pacer's thread sends: the call's or the port's
         self._open = False
         self._packet = bytearray(_HEADER.size + g711.FRAME_BYTES)
+        # The packet's memory for a FrameBatch (its size never changes: the buffer holds an export of it).
+        self._packet_buffer = (ctypes.c_char * len(self._packet)).from_buffer(self._packet)
         self._ssrc = int.from_bytes(os.urandom(4), "big")
         self._sequence = int.from_bytes(os.urandom(2), "big")
         self._timestamp = int.from_bytes(os.urandom(4), "big")
@@ -453,6 +612,15 @@ class RtpMedia(MediaPath):
                 shared.release(self.remote, self)
             shared.claim(remote, self)
         self.remote = remote
+        self.pacer.changed(self)
+
+    def batch_target(self) -> tuple[socket.socket, bytes] | None:
+        """The shared socket and the ``sockaddr_in`` a :class:`FrameBatch` sends this call's frames with."""
+        sock, remote = self._sock, self.remote
+        if self.port is None or sock is None or remote is None:
+            return None
+        name = _sockaddr_in(*remote[:2])
+        return None if name is None else (sock, name)
 
     def _readable(self) -> None:
         sock = self._reading
@@ -493,9 +661,12 @@ class RtpMedia(MediaPath):
 
     def tick(self) -> None:
         """Send the next 20 ms frame: queued reply audio, else silence (runs in the pacer's thread)."""
-        sock, remote = self._sock, self.remote
-        if sock is None or remote is None:
-            return
+        if self._sock is not None and self.remote is not None:
+            self.prepare(time.monotonic())
+            self.send_prepared()
+
+    def prepare(self, now: float) -> None:
+        """Put the next 20 ms frame in the packet buffer (runs in the pacer's thread; ``now``: the pass's time)."""
         taken = self.playout.take()
         packet = self._packet
         if taken is None:
@@ -509,15 +680,21 @@ class RtpMedia(MediaPath):
             self._talking = True
             if item_id not in self._started_items:
                 self._started_items.add(item_id)
-                self.pacer.call_soon(self._item_heard, item_id, time.monotonic())
+                self.pacer.call_soon(self._item_heard, item_id, now)
         _HEADER.pack_into(packet, 0, 0x80, marker | self.payload_type, self._sequence, self._timestamp, self._ssrc)
         self._sequence = (self._sequence + 1) & 0xFFFF
         self._timestamp = (self._timestamp + g711.FRAME_BYTES) & 0xFFFFFFFF
+        self.stats.sent(taken is not None, now)
+
+    def send_prepared(self) -> None:
+        """Send the packet :meth:`prepare` made, on its own (the path outside a :class:`FrameBatch`)."""
+        sock, remote = self._sock, self.remote
+        if sock is None or remote is None:
+            return
         try:
-            sock.sendto(packet, remote)
+            sock.sendto(self._packet, remote)
         except OSError:  # a full socket buffer or an ICMP error: this frame is lost, the clock goes on
             self.send_errors += 1
-        self.stats.sent(taken is not None, time.monotonic())
 
     def _item_heard(self, item_id: str, at: float) -> None:
         if self._on_start is not None:

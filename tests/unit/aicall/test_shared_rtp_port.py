@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 from typing import Any
 
@@ -11,7 +12,7 @@ from aicall_harness import RtpPeer, run
 from centralita.aicall import g711
 from centralita.aicall.agent import AicallAgent
 from centralita.aicall.metrics import AicallMetrics
-from centralita.aicall.rtp import Pacer, RtpMedia, RtpPacket, RtpPort
+from centralita.aicall.rtp import FrameBatch, Pacer, RtpMedia, RtpPacket, RtpPort
 from centralita.aicall.settings import AicallSettings
 from centralita.asterisk.ari import AriError
 from centralita.config import load_settings
@@ -147,3 +148,43 @@ def test_a_receive_buffer_too_small_for_the_calls_is_reported_at_start(caplog: p
     assert roomy_ms >= 200 > crowded_ms
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "net.core.rmem_max" in warnings[0] and "1000000 calls" in warnings[0]
+
+
+def test_calls_sharing_a_pass_are_sent_in_one_batch_each_to_its_own_caller_in_order() -> None:
+    async def scenario() -> tuple[list[bool], list[list[int]], list[int], list[int], int]:
+        pacer = Pacer(phases=1)  # every call in the one pass: one sendmmsg for all of them
+        port = RtpPort()
+        medias, peers = [], []
+        for index in range(5):
+            media = RtpMedia("ulaw", pacer, port=port, name=f"call-{index}")
+            await media.start()
+            peer = RtpPeer()
+            media.set_remote(*await peer.start(media.local))
+            medias.append(media)
+            peers.append(peer)
+        medias[2].play(g711.tone(200, "ulaw"), "item_1")  # a reply for the third call only
+        await asyncio.sleep(0.5)
+        moved = RtpPeer()
+        medias[4].set_remote(*await moved.start(medias[4].local))  # the batch is rebuilt for the new address
+        before_move = len(peers[4].arrivals)
+        await asyncio.sleep(0.3)
+        batched = [isinstance(batch, FrameBatch) for batch in pacer._batches]
+        for media in medias:
+            await media.close()
+        port.close()
+        await pacer.close()
+        for peer in [*peers, moved]:
+            await peer.close()
+        loud = [sum(1 for a in peer.arrivals if a.loud) for peer in peers]
+        sequences = [[a.packet.sequence for a in peer.arrivals] for peer in peers[:4]]
+        after_move = len(peers[4].arrivals) - before_move
+        return batched, sequences, loud, [after_move], len(moved.arrivals)
+
+    batched, sequences, loud, after_move, moved = run(scenario())
+    assert batched == [True]
+    assert loud == [0, 0, 10, 0, 0], "the reply reached only its own caller, whole"
+    for stream in sequences:
+        assert len(stream) >= 30
+        assert all((b - a) % 65536 == 1 for a, b in itertools.pairwise(stream)), "no frame lost or repeated"
+    assert after_move[0] <= 1, "nothing for the old address once the call moved"
+    assert moved >= 10
