@@ -39,6 +39,11 @@ PROGRESS_TAG = {"centralita": "progress"}
 # Errors that describe a race the client cannot avoid (the reply ended on its own
 # just before our cancel or truncate arrived); they change nothing for the call.
 HARMLESS_ERRORS = frozenset({"response_cancel_not_active"})
+# Events the call never acts on, recognised before parsing when "type" is the first key (as the server
+# and the stand-in write it, with or without a space): about half of a reply's messages, each a JSON
+# parse saved. Any other layout is parsed and ignored as before.
+_IGNORED_TYPES = (b"response.output_audio_transcript.delta", b"conversation.item.input_audio_transcription.delta")
+_IGNORED_PREFIXES = tuple(head + kind + b'"' for kind in _IGNORED_TYPES for head in (b'{"type":"', b'{"type": "'))
 
 
 def session_update(config: SessionConfig) -> dict[str, Any]:
@@ -186,6 +191,8 @@ class RealtimeSession(WebsocketModelSession):
     def _message(self, inbox: Inbox, data: bytes) -> None:
         # Runs in the socket's read callback for every message; only the events the call acts on
         # wake its task (about half of a reply's messages are transcript deltas, which it ignores).
+        if data.startswith(_IGNORED_PREFIXES):
+            return
         try:
             event = json.loads(data)
         except ValueError:
