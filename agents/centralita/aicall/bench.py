@@ -301,6 +301,37 @@ class _TimedRealtime(RealtimeSession):
             return
 
 
+def _cpu_times() -> tuple[int, int]:
+    """(steal, all) jiffies of the host's CPUs so far, from /proc/stat (zeros where there is none)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    return fields[7] if len(fields) > 7 else 0, sum(fields)
+
+
+class _Collections:
+    """The garbage collector's pauses while a point is measured: each holds the interpreter lock, pacer included."""
+
+    def __init__(self) -> None:
+        self.pauses = array("d")
+        self._started = 0.0
+
+    def __call__(self, phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.pauses.append(time.perf_counter() - self._started)
+
+    def __enter__(self) -> _Collections:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        gc.callbacks.remove(self)
+
+
 class _Control:
     async def transfer(self, target: str) -> None:
         return None
@@ -329,9 +360,12 @@ class Point:
     jitter_p50_ms: float
     jitter_p99_ms: float
     max_gap_ms: float
+    gc_pauses: int  # collections while measured (each stops every thread of the agent, the pacer too)
+    gc_longest_ms: float
     cpu_per_call_percent: float
     agent_cpu_percent: float
     load_average: float  # the host's 1-minute load when the point ended: other work skews every timing
+    steal_percent: float  # CPU time the hypervisor gave to other machines while measured (share of all CPUs)
 
 
 def _pin(cores: set[int] | None, realtime: bool = False):
@@ -432,9 +466,12 @@ async def run_point(
         del arrival[:]
         pacer.lateness = array("d")
         pacer.passes = []
-        cpu, wall = time.process_time(), time.perf_counter()
-        result = await _read_json_line(generator, seconds + 30)
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        with _Collections() as collections_:
+            steal, jiffies = _cpu_times()
+            cpu, wall = time.process_time(), time.perf_counter()
+            result = await _read_json_line(generator, seconds + 30)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            steal, jiffies = (now - before for now, before in zip(_cpu_times(), (steal, jiffies), strict=True))
         alive = sum(1 for s in sessions if not s.ended)
         outbound = pacer.lateness or []
         passes = pacer.passes or []
@@ -458,9 +495,12 @@ async def run_point(
             jitter_p50_ms=result["jitter_p50_ms"],
             jitter_p99_ms=result["jitter_p99_ms"],
             max_gap_ms=result["max_gap_ms"],
+            gc_pauses=len(collections_.pauses),
+            gc_longest_ms=max(collections_.pauses, default=0.0) * 1000,
             cpu_per_call_percent=100 * cpu / wall / calls,
             agent_cpu_percent=100 * cpu / wall,
             load_average=os.getloadavg()[0],
+            steal_percent=100 * steal / jiffies if jiffies else 0.0,
         )
     finally:
         for session in sessions:
@@ -488,8 +528,8 @@ def table(points: list[Point]) -> str:
     lines = [
         "| calls (alive) | frames in /s | in from send p50 / p99 ms | in from arrival p50 / p99 ms "
         "| out p50 / p99 ms | clock late p50 / p99 ms | pass ms | jitter p50 / p99 ms | worst gap ms "
-        "| CPU per call % | agent CPU % | host load |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| GC pauses (longest ms) | CPU per call % | agent CPU % | host load | steal % |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in points:
         lines.append(
@@ -497,7 +537,8 @@ def table(points: list[Point]) -> str:
             f"{p.arrival_p50_ms:.2f} / {p.arrival_p99_ms:.2f} | "
             f"{p.outbound_p50_ms:.2f} / {p.outbound_p99_ms:.2f} | {p.clock_p50_ms:.2f} / {p.clock_p99_ms:.2f} | "
             f"{p.pass_p50_ms:.2f} | {p.jitter_p50_ms:.2f} / {p.jitter_p99_ms:.2f} | {p.max_gap_ms:.1f} | "
-            f"{p.cpu_per_call_percent:.2f} | {p.agent_cpu_percent:.0f} | {p.load_average:.1f} |"
+            f"{p.gc_pauses} ({p.gc_longest_ms:.1f}) | "
+            f"{p.cpu_per_call_percent:.2f} | {p.agent_cpu_percent:.0f} | {p.load_average:.1f} | {p.steal_percent:.1f} |"
         )
     good = [p for p in points if p.jitter_p99_ms < 2.0 and p.alive == p.calls and p.frames_in >= 49.5]
     if good:
