@@ -9,7 +9,7 @@ OpenAI GPT-Live sessions (``live.py``); :func:`open_model_session` builds the on
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -132,8 +132,23 @@ class ModelUnavailable(ConnectionError):
     """The model could not be reached or configured within the allowed time."""
 
 
+AudioHandler = Callable[[AudioOut], None]
+
+
 class ModelSession(abc.ABC):
     """One conversation with the model for one call."""
+
+    _audio_handler: AudioHandler | None = None
+
+    def on_audio_out(self, handler: AudioHandler) -> None:
+        """Where reply audio may go at once, without a trip through :meth:`events`.
+
+        A provider may call ``handler`` from its socket's read callback, but only while the
+        reader of :meth:`events` has taken every earlier event and waits for the next one,
+        so the call sees the events in the same order either way. Providers that do not
+        use it deliver every event through :meth:`events`.
+        """
+        self._audio_handler = handler
 
     @abc.abstractmethod
     async def connect(self, history: list[HistoryLine] | None = None) -> None:

@@ -203,8 +203,18 @@ class RealtimeSession(WebsocketModelSession):
         except Exception as exc:  # a malformed event: raised where the call reads it, as before
             inbox.put(exc)
             return
-        if parsed is not None:
-            inbox.put(parsed)
+        if parsed is None:
+            return
+        handler = self._audio_handler
+        if handler is not None and type(parsed) is AudioOut and inbox.idle:
+            # The call's task waits with nothing before this event: it is handled here, as the task would
+            # handle it next, without waking the task (a reply's audio is most of what it acts on).
+            try:
+                handler(parsed)
+            except Exception as exc:  # raised where the call reads its events, as from the task
+                inbox.put(exc)
+            return
+        inbox.put(parsed)
 
     def _parse(self, event: dict[str, Any]) -> ModelEvent | None:
         kind = event.get("type")

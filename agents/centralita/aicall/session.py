@@ -196,6 +196,7 @@ class CallSession:
         self.record.media_kind = self.media.kind
         self.media.on_audio(self._caller_audio)
         self.media.on_item_start(self._item_started)
+        self.model.on_audio_out(self._audio_out)
         try:
             try:
                 await asyncio.wait_for(self.model.connect(), self.policy.connect_timeout)
@@ -306,13 +307,17 @@ class CallSession:
             self._reconnecting = False
             self._waiting.discard("reconnect")
 
+    def _audio_out(self, event: AudioOut) -> None:
+        """Reply audio: queued for the caller (from the conversation task, or from the model's reader)."""
+        if event.item_id in self._cancelled_items:
+            return
+        self._item_response.setdefault(event.item_id, event.response_id)
+        self._item_audio[event.item_id] = self._item_audio.get(event.item_id, 0) + len(event.audio)
+        self.media.play(event.audio, event.item_id)
+
     async def _handle(self, event: ModelEvent) -> None:
         if isinstance(event, AudioOut):
-            if event.item_id in self._cancelled_items:
-                return
-            self._item_response.setdefault(event.item_id, event.response_id)
-            self._item_audio[event.item_id] = self._item_audio.get(event.item_id, 0) + len(event.audio)
-            self.media.play(event.audio, event.item_id)
+            self._audio_out(event)
         elif isinstance(event, SpeechStarted):
             self._barge_in()
         elif isinstance(event, SpeechStopped):

@@ -237,6 +237,12 @@ class Inbox:
         self.lost = True
         self._wake()
 
+    @property
+    def idle(self) -> bool:
+        """The reader has taken every event and waits for the next one."""
+        waiter = self._waiter
+        return not self.events and waiter is not None and not waiter.done()
+
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():

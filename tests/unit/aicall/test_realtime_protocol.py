@@ -269,6 +269,9 @@ async def _serve_then(messages: list[object], close_code: int = 1000):
 
     async def handler(ws) -> None:
         for message in messages:
+            if isinstance(message, float):  # a pause between messages
+                await asyncio.sleep(message)
+                continue
             await ws.send(message)
         await ws.close(close_code, "done")
 
@@ -343,3 +346,42 @@ def test_a_malformed_event_is_raised_where_the_call_reads_it_after_the_events_be
     seen, failure = run(scenario())
     assert seen == [SpeechStarted("u", 0)]
     assert isinstance(failure, KeyError)
+
+
+def test_reply_audio_goes_straight_to_the_call_only_while_its_reader_waits_and_the_order_holds() -> None:
+    delta = {"type": "response.output_audio.delta", "item_id": "i", "response_id": "r"}
+    messages = [
+        0.2,  # the reader is waiting by now
+        json.dumps({**delta, "delta": "AAAA"}),
+        0.2,
+        json.dumps({"type": "input_audio_buffer.speech_started", "item_id": "u", "audio_start_ms": 40}),
+        json.dumps({**delta, "delta": "////"}),  # read together with the speech start: behind it
+        json.dumps({**delta, "delta": "gICA"}),
+    ]
+
+    async def scenario() -> tuple[list[tuple[str, object]], list[object]]:
+        server = await _serve_then(messages)
+        port = server.sockets[0].getsockname()[1]
+        seen: list[tuple[str, object]] = []
+        try:
+            model = RealtimeSession(url=f"ws://127.0.0.1:{port}", model="m", api_key="k", config=CONFIG)
+            model.on_audio_out(lambda event: seen.append(("at once", event)))
+            await model.connect()
+            async for event in model.events():
+                seen.append(("from events", event))
+                await asyncio.sleep(0)  # the call's task handles the event: the reader may run meanwhile
+            await model.close()
+            return seen, [event for _, event in seen]
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    seen, order = run(scenario())
+    assert order[:4] == [
+        AudioOut("i", "r", b"\x00\x00\x00"),
+        SpeechStarted("u", 40),
+        AudioOut("i", "r", b"\xff\xff\xff"),
+        AudioOut("i", "r", b"\x80\x80\x80"),
+    ], "the same order as through events() alone"
+    assert seen[0][0] == "at once", "audio read while the reader waited skips the task switch"
+    assert seen[1][0] == "from events"
