@@ -449,3 +449,42 @@ def test_an_empty_intake_files_nothing_and_the_triggers_still_bill_direct_insert
         {"call_id": "call-2", "disposition": "answered", "billable_ms": 30000, "priced": 1},
     ]
     assert carrier == [{"daily_calls": 2}]
+
+
+def test_a_batch_sent_twice_is_filed_once(two_dbs) -> None:
+    """Kamailio's writer sends a batch again when the driver gave up on a first try that MariaDB did
+    complete: once while the first copy waits in the intake, once after it was filed."""
+    by_triggers, by_procedure = two_dbs
+    rows = _varied_cdrs()
+    writer = f"INSERT INTO sbc_cdr_intake ({COLUMNS}) VALUES {{}} ON DUPLICATE KEY UPDATE id = id"
+    one = "(" + ", ".join(["%s"] * len(rows[0])) + ")"
+
+    def send(batch: Sequence[tuple]) -> None:
+        with connect(by_procedure) as conn:
+            _exec(conn, writer.format(", ".join([one] * len(batch))), [v for r in batch for v in r])
+
+    _file_with_triggers(by_triggers, rows)
+    send(rows[:10])
+    send(rows[:10])  # the same batch again before any filing: the copies are dropped
+    send(rows[10:])
+    with connect(by_procedure) as conn:
+        assert len(_exec(conn, "SELECT id FROM sbc_cdr_intake")) == len(rows)
+        _exec(conn, "CALL sbc_file_cdrs()")
+    send(rows[10:])  # and again after it was filed: kept aside, not filed
+    with connect(by_procedure) as conn:
+        _exec(conn, "CALL sbc_file_cdrs()")
+
+    expected, got = _state(by_triggers), _state(by_procedure)
+    held = got.pop("sbc_cdr_intake")
+    expected.pop("sbc_cdr_intake")
+    _assert_same(expected, got)  # every CDR once: the same CDRs, minutes, counters and events
+    assert [row["call_id"] for row in held] == [f"call-{n}" for n in range(11, 27)]
+    filed = {row["call_id"]: row["id"] for row in _state_ids(by_procedure)}
+    for row in held:
+        assert row["filing_error"] == f"a copy of sbc_cdrs {filed[row['call_id']]}, already filed: not filed again"
+    assert not [e for e in got["events"] if e["type"] == "cdr_filing_failed"]
+
+
+def _state_ids(db: DbSettings) -> list[dict]:
+    with connect(db) as conn:
+        return _exec(conn, "SELECT id, call_id FROM sbc_cdrs ORDER BY id")
