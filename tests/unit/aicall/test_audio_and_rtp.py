@@ -65,7 +65,10 @@ def test_pacer_sends_one_frame_every_20_ms_without_bursts_or_gaps(realtime_prior
         return peer.gaps_ms(), [a.packet for a in peer.arrivals]
 
     gaps, packets = asyncio.run(scenario())
-    assert 145 <= len(packets) <= 156  # 3 s at 50 packets per second (+ the closing tick)
+    # 3 s at 50 packets per second (+ the closing tick); frames the host's stalls of the pacer cost
+    # (a stall of more than two frames restarts the clock instead of bursting) count as sent
+    stalled = sum(round(gap / 20) - 1 for gap in gaps if gap > 50)
+    assert 145 <= len(packets) + stalled <= 156, f"{len(packets)} packets, gaps {gaps}"
     steady = gaps[5:]
     assert statistics.median(steady) == pytest.approx(20, abs=1.0)
     assert max(steady) < 250, "no stall toward the caller (the 60 ms bound is asserted in the lab test)"
