@@ -4,13 +4,17 @@ and events the SBC wrote."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 NUMBER = "573001234567"
 # The SBC cuts a call whose minutes run out at the remainder, never before, and late by less than this.
 CUT_LATE_MS = 1000
+RAW_INVITE = Path(__file__).resolve().parent / "scenarios" / "raw_invite.py"
 
 
 @pytest.fixture
@@ -437,3 +441,74 @@ def test_cdrs_written_while_the_database_is_away_are_kept_and_arrive_later(world
     assert [c["disposition"] for c in cdrs] == ["answered"] * 4, cdrs
     journal = vm_exec("journalctl -u kamailio --since '-2 min' --no-pager", check=False)
     assert "database write failed, kept for retry" in journal
+
+
+def _raw_invite(world, peer: str, *, number: bytes, from_user: bytes, user_agent: bytes, call_id: bytes) -> str:
+    """One INVITE with exactly these bytes from ``peer`` (SIPp cannot send them); the final answer's code."""
+    argv = [sys.executable, str(RAW_INVITE), world.lab.peer_address(peer), world.sbc]
+    argv += [value.hex() for value in (number, from_user, user_agent, call_id)]
+    done = subprocess.run(world.lab.lab.peer_cmd(peer, argv), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_what_the_cdr_columns_cannot_hold_is_cut_and_no_cdr_or_trace_is_lost(world):
+    """Bytes that are not UTF-8 and values longer than their columns, from a customer and from a scanner:
+    each CDR is written with its text cut to length and other bytes as '?', the traces keep the bytes, and
+    the writer goes on with the next call."""
+    cust_ip = world.add_peer("cust")
+    car_ip = world.add_peer("carrier1")
+    stranger = world.add_peer("stranger")
+    customer = world.customer(cust_ip)
+    world.carrier(car_ip, rates={"57": 0.02})
+    world.reload()
+    tag = str(time.time_ns())
+    odd_ua = b"Odd \xff\xfe phone " + b"v" * 300
+    odd_caller = b"57\xe9" + b"1" * 80
+
+    busy = world.sipp.start("carrier1", "sbc_carrier_486.xml", calls=1, timeout=30)
+    code = _raw_invite(
+        world, "cust", number=NUMBER.encode(), from_user=odd_caller, user_agent=odd_ua, call_id=f"odd-{tag}".encode()
+    )
+    assert code == "486"
+    assert busy.wait(10).ok
+    code = _raw_invite(
+        world, "stranger", number=b"5" * 90, from_user=b"x", user_agent=odd_ua, call_id=f"scan-{tag}".encode()
+    )
+    assert code == "403"
+    code = _raw_invite(
+        world, "cust", number=NUMBER.encode(), from_user=b"5711", user_agent=b"ok", call_id=b"bad-\xff-" + tag.encode()
+    )
+    assert code == "400"
+    answer = world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=1, timeout=30)
+    assert call(world, "cust").ok
+    assert answer.wait(10).ok
+
+    try:
+        cdrs = world.cdrs(customer, expect=2)
+        assert [cdr["sip_code"] for cdr in cdrs] == ["486", "200"], cdrs
+        relayed = cdrs[0]
+        assert relayed["call_id"] == f"odd-{tag}"
+        assert relayed["caller"] == "57?" + "1" * 61
+        assert relayed["user_agent"] == ("Odd ?? phone " + "v" * 300)[:255]
+        assert relayed["callee_original"] == NUMBER
+
+        (scan,) = world.q("SELECT * FROM sbc_cdrs WHERE call_id = %s", (f"scan-{tag}",))
+        assert scan["reject_reason"] == "unknown_source" and scan["source_ip"] == stranger
+        assert scan["callee_original"] == "5" * 64
+        (bad,) = world.q("SELECT * FROM sbc_cdrs WHERE call_id = %s", (f"bad-?-{tag}",))
+        assert bad["reject_reason"] == "bad_call_id" and bad["sip_code"] == "400"
+
+        deadline = time.monotonic() + 15
+        while True:
+            (traces,) = world.q(
+                "SELECT COUNT(*) AS n, SUM(LOCATE(X'fffe', message) > 0) AS raw FROM sip_traces WHERE call_id = %s",
+                (f"odd-{tag}",),
+            )
+            if int(traces["n"]) >= 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert int(traces["n"]) >= 4, traces  # the INVITE and the 486, in and out
+        assert int(traces["raw"] or 0) >= 2, traces  # the INVITE as received and as relayed, byte for byte
+    finally:
+        world.q("DELETE FROM sbc_cdrs WHERE call_id IN (%s, %s)", (f"scan-{tag}", f"bad-?-{tag}"))
