@@ -149,6 +149,7 @@ class LabHandle:
             input="SET time_zone = '+00:00';\n" + bind(sql, params).rstrip().rstrip(";") + ";\n",
             capture_output=True,
             text=True,
+            errors="replace",
             timeout=timeout,
             check=False,
         )

@@ -284,9 +284,17 @@ class Lab:
     # -- use -------------------------------------------------------------------
 
     def exec(self, machine: str, command: str, *, timeout: float = 120, check: bool = True) -> str:
-        """Run a shell command in a VM over SSH (as Ansible would) and return stdout."""
+        """Run a shell command in a VM over SSH (as Ansible would) and return stdout.
+
+        Output that is not UTF-8 (a journal holds what SIP peers sent, byte for byte) is decoded
+        with U+FFFD in place of the bytes it cannot read."""
         done = subprocess.run(
-            [*self.ssh_args(machine), command], capture_output=True, text=True, timeout=timeout, check=False
+            [*self.ssh_args(machine), command],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            check=False,
         )
         if check and done.returncode != 0:
             raise LabError(f"{machine}: {command!r} failed ({done.returncode}): {done.stderr.strip()}")
