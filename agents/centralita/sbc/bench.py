@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import resource
 import shlex
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -318,6 +319,7 @@ class Bench:
             )
             self.lab.exec(VM, "; ".join(f"kamcmd htable.delete ipban {a}" for a in addresses), check=False)
         self.lab.exec(VM, "kamcmd dispatcher.reload; kamcmd permissions.addressReload", check=False)
+        shutil.rmtree(self.work, ignore_errors=True)  # SIPp's scenarios, statistics and logs of this run
 
     # -- load ---------------------------------------------------------------------
 
