@@ -15,6 +15,7 @@ NUMBER = "573001234567"
 # The SBC cuts a call whose minutes run out at the remainder, never before, and late by less than this.
 CUT_LATE_MS = 1000
 RAW_INVITE = Path(__file__).resolve().parent / "scenarios" / "raw_invite.py"
+RAW_CARRIER = Path(__file__).resolve().parent / "scenarios" / "raw_carrier.py"
 
 
 @pytest.fixture
@@ -512,3 +513,74 @@ def test_what_the_cdr_columns_cannot_hold_is_cut_and_no_cdr_or_trace_is_lost(wor
         assert int(traces["raw"] or 0) >= 2, traces  # the INVITE as received and as relayed, byte for byte
     finally:
         world.q("DELETE FROM sbc_cdrs WHERE call_id IN (%s, %s)", (f"scan-{tag}", f"bad-?-{tag}"))
+
+
+def _traces(world, call_ids: list[str], *, at_least: int, timeout: float = 15) -> dict[str, dict]:
+    """Per Call-ID: the trace rows stored (n) and those whose message holds the bytes FF FE (raw), once
+    every Call-ID has ``at_least`` rows (traces are written asynchronously)."""
+    marks = ", ".join(["%s"] * len(call_ids))
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = world.q(
+            "SELECT call_id, COUNT(*) AS n, SUM(LOCATE(X'fffe', message) > 0) AS raw FROM sip_traces"
+            f" WHERE call_id IN ({marks}) GROUP BY call_id",
+            call_ids,
+        )
+        found = {row["call_id"]: {"n": int(row["n"]), "raw": int(row["raw"] or 0)} for row in rows}
+        if all(found.get(ci, {"n": 0})["n"] >= at_least for ci in call_ids) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def test_a_carrier_answer_whose_call_id_the_traces_cannot_hold_is_traced_and_no_trace_is_lost(world):
+    """A carrier answers with a Call-ID of bytes that are not printable ASCII and longer than the column: its
+    trace rows are stored with the Call-ID cut and '?' for those bytes, the messages keep their bytes, and
+    the traces of the call and of the next normal call are all in the database."""
+    cust_ip = world.add_peer("cust")
+    car_ip = world.add_peer("carrier1")
+    customer = world.customer(cust_ip)
+    world.carrier(car_ip, rates={"57": 0.02})
+    world.reload()
+    tag = str(time.time_ns())
+    odd_call_id = f"car-{tag}-".encode() + b"\xff\xfe-" + b"x" * 300
+    stored_call_id = (f"car-{tag}-??-" + "x" * 300)[:255]
+
+    carrier = subprocess.Popen(
+        world.lab.lab.peer_cmd("carrier1", [sys.executable, str(RAW_CARRIER), car_ip, "486", odd_call_id.hex()]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert carrier.stdout is not None
+        assert carrier.stdout.readline().strip() == "ready"
+        code = _raw_invite(
+            world, "cust", number=NUMBER.encode(), from_user=b"5711", user_agent=b"ok", call_id=f"rc-{tag}".encode()
+        )
+        assert code == "486"
+        out, err = carrier.communicate(timeout=40)
+        assert out.strip() == "acked", (out, err)
+    finally:
+        if carrier.poll() is None:
+            carrier.terminate()
+            carrier.wait(timeout=10)
+    answer = world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=1, timeout=30)
+    assert call(world, "cust").ok
+    assert answer.wait(10).ok
+
+    cdrs = world.cdrs(customer, expect=2)
+    assert [cdr["sip_code"] for cdr in cdrs] == ["486", "200"], cdrs
+    assert cdrs[0]["call_id"] == f"rc-{tag}"
+    next_call = cdrs[1]["call_id"]
+    try:
+        traces = _traces(world, [f"rc-{tag}", stored_call_id, next_call], at_least=2)
+        # the INVITE as received and as relayed, the customer's ACK
+        assert traces.get(f"rc-{tag}", {"n": 0})["n"] >= 3, traces
+        # the carrier's 486 as received and as relayed to the customer, byte for byte
+        odd = traces.get(stored_call_id, {"n": 0, "raw": 0})
+        assert odd["n"] >= 2 and odd["raw"] == odd["n"], traces
+        # INVITE, 200, ACK, BYE, 200, each in and out
+        assert traces.get(next_call, {"n": 0})["n"] >= 10, traces
+    finally:
+        world.q("DELETE FROM sip_traces WHERE call_id IN (%s, %s, %s)", (f"rc-{tag}", stored_call_id, next_call))
