@@ -456,11 +456,12 @@ class _Connection:
         return FORMAT_LAWS.get(fmt, "ulaw")
 
     async def send(self, event: dict[str, Any]) -> None:
-        event = {"event_id": self.server.new_id("event"), **event}
+        # laid out as the service writes its events: compact, "type" first, then "event_id"
+        event = {"type": event["type"], "event_id": self.server.new_id("event"), **event}
         self.log.sent_types.append(event["type"])
         if self.server.record_sent:
             self.log.sent.append(event)
-        await self.ws.send(json.dumps(event))
+        await self.ws.send(json.dumps(event, separators=(",", ":")))
 
     async def error(self, kind: str, code: str, message: str, event_id: str | None = None, param: str | None = None):
         error = {"type": kind, "code": code, "message": message, "param": param, "event_id": event_id}
