@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from centralita.aicall.audiodelta import read_audio_delta
 from centralita.aicall.provider import (
     AudioOut,
     Disconnected,
@@ -193,18 +194,22 @@ class RealtimeSession(WebsocketModelSession):
         # wake its task (about half of a reply's messages are transcript deltas, which it ignores).
         if data.startswith(_IGNORED_PREFIXES):
             return
-        try:
-            event = json.loads(data)
-        except ValueError:
-            log.warning("realtime %s: a frame that is not JSON: %.80r", self.name, data)
-            return
-        try:
-            parsed = self._parse(event)
-        except Exception as exc:  # a malformed event: raised where the call reads it, as before
-            inbox.put(exc)
-            return
-        if parsed is None:
-            return
+        delta = read_audio_delta(data)  # reply audio, most of what the call acts on, read without a JSON parse
+        if delta is not None:
+            parsed: ModelEvent | None = AudioOut(delta.item_id, delta.response_id, delta.audio)
+        else:
+            try:
+                event = json.loads(data)
+            except ValueError:
+                log.warning("realtime %s: a frame that is not JSON: %.80r", self.name, data)
+                return
+            try:
+                parsed = self._parse(event)
+            except Exception as exc:  # a malformed event: raised where the call reads it, as before
+                inbox.put(exc)
+                return
+            if parsed is None:
+                return
         handler = self._audio_handler
         if handler is not None and type(parsed) is AudioOut and inbox.idle:
             # The call's task waits with nothing before this event: it is handled here, as the task would
