@@ -143,11 +143,11 @@ class MediaPath(abc.ABC):
         self._on_start: StartHandler | None = None
         self._started_items: set[str] = set()
 
-    def on_audio(self, handler: AudioHandler) -> None:
-        """Register where the caller's audio goes (G.711 bytes, any length)."""
+    def on_audio(self, handler: AudioHandler | None) -> None:
+        """Register where the caller's audio goes (G.711 bytes, any length); None drops it."""
         self._on_audio = handler
 
-    def on_item_start(self, handler: StartHandler) -> None:
+    def on_item_start(self, handler: StartHandler | None) -> None:
         """Register a callback told when a reply's first frame leaves for the caller."""
         self._on_start = handler
 

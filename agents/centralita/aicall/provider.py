@@ -140,7 +140,7 @@ class ModelSession(abc.ABC):
 
     _audio_handler: AudioHandler | None = None
 
-    def on_audio_out(self, handler: AudioHandler) -> None:
+    def on_audio_out(self, handler: AudioHandler | None) -> None:
         """Where reply audio may go at once, without a trip through :meth:`events`.
 
         A provider may call ``handler`` from its socket's read callback, but only while the
