@@ -83,29 +83,9 @@ def _world(conn: pymysql.Connection) -> None:
         " pdd_count, cost) VALUES (2, UTC_DATE(), 7, 3, 2, 255000, 900, 3, 0.5)",
     ):
         _exec(conn, sql)
-    carrier_rates = [
-        # carrier, prefix, rate, fee, initial, increment, from, to
-        (CAR_1, "57", "0.010000", "0", 60, 60, "2020-01-01", None),
-        (CAR_1, "573", "0.020000", "0", 30, 6, "2020-01-01", None),
-        (CAR_1, "573", "0.025000", "0", 30, 6, "2025-06-01", None),
-        (CAR_1, "5730", "0.090000", "0", 1, 1, "2020-01-01", "2021-01-01"),
-        (CAR_1, "5731", "0.012345", "0.001", 1, 1, "2020-01-01", None),
-        (CAR_2, "57", "0.015000", "0.010000", 60, 60, "2020-01-01", None),
-        (CAR_2, "5730", "0.017777", "0", 6, 6, "2020-01-01", None),
-        (CAR_3, "57", "0.011000", "0", 1, 1, "2020-01-01", None),
-        (CAR_3, "", "0.300000", "0", 60, 60, "2020-01-01", None),
-    ]
-    customer_rates = [
-        (CUST_A, "57", "0.030000", "0", 1, 1, "2020-01-01", None),
-        (CUST_A, "5730", "0.050000", "0.002", 6, 6, "2020-01-01", None),
-        (CUST_A, "57301", "0.070000", "0", 6, 6, T0.strftime("%Y-%m-%d %H:%M:%S"), None),
-        (CUST_B, "57", "0.040000", "0", 60, 60, "2020-01-01", None),
-        (CUST_C, "573", "0.033333", "0", 30, 6, "2020-01-01", None),
-        (CUST_D, "57", "0.030000", "0", 1, 1, "2020-01-01", None),
-    ]
     for table, key, rows in (
-        ("carrier_rates", "carrier_id", carrier_rates),
-        ("customer_rates", "customer_id", customer_rates),
+        ("carrier_rates", "carrier_id", CARRIER_RATES),
+        ("customer_rates", "customer_id", CUSTOMER_RATES),
     ):
         with conn.cursor() as cur:
             cur.executemany(
@@ -113,6 +93,29 @@ def _world(conn: pymysql.Connection) -> None:
                 " billing_increment, effective_from, effective_to) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 rows,
             )
+
+
+# Rate decks with overlapping prefixes and effective dates; a row's id is its place in its list (from 1).
+CARRIER_RATES = [
+    # carrier, prefix, rate, fee, initial, increment, from, to
+    (CAR_1, "57", "0.010000", "0", 60, 60, "2020-01-01", None),
+    (CAR_1, "573", "0.020000", "0", 30, 6, "2020-01-01", None),
+    (CAR_1, "573", "0.025000", "0", 30, 6, "2025-06-01", None),
+    (CAR_1, "5730", "0.090000", "0", 1, 1, "2020-01-01", "2021-01-01"),
+    (CAR_1, "5731", "0.012345", "0.001", 1, 1, "2020-01-01", None),
+    (CAR_2, "57", "0.015000", "0.010000", 60, 60, "2020-01-01", None),
+    (CAR_2, "5730", "0.017777", "0", 6, 6, "2020-01-01", None),
+    (CAR_3, "57", "0.011000", "0", 1, 1, "2020-01-01", None),
+    (CAR_3, "", "0.300000", "0", 60, 60, "2020-01-01", None),
+]
+CUSTOMER_RATES = [
+    (CUST_A, "57", "0.030000", "0", 1, 1, "2020-01-01", None),
+    (CUST_A, "5730", "0.050000", "0.002", 6, 6, "2020-01-01", None),
+    (CUST_A, "57301", "0.070000", "0", 6, 6, T0.strftime("%Y-%m-%d %H:%M:%S"), None),
+    (CUST_B, "57", "0.040000", "0", 60, 60, "2020-01-01", None),
+    (CUST_C, "573", "0.033333", "0", 30, 6, "2020-01-01", None),
+    (CUST_D, "57", "0.030000", "0", 1, 1, "2020-01-01", None),
+]
 
 
 def _at(seconds: float, base: dt.datetime = T0) -> dt.datetime | None:
@@ -221,10 +224,10 @@ def _varied_cdrs() -> list[tuple]:
     ]
 
 
-def _insert(conn: pymysql.Connection, table: str, rows: Sequence[tuple]) -> None:
+def _insert(conn: pymysql.Connection, table: str, rows: Sequence[tuple], columns: str = COLUMNS) -> None:
     """One multi-row INSERT of writer rows, as the writer sends them."""
     one = "(" + ", ".join(["%s"] * len(rows[0])) + ")"
-    _exec(conn, f"INSERT INTO {table} ({COLUMNS}) VALUES {', '.join([one] * len(rows))}", [v for r in rows for v in r])
+    _exec(conn, f"INSERT INTO {table} ({columns}) VALUES {', '.join([one] * len(rows))}", [v for r in rows for v in r])
 
 
 def _file_with_triggers(db: DbSettings, rows: Sequence[tuple]) -> None:
@@ -488,3 +491,97 @@ def test_a_batch_sent_twice_is_filed_once(two_dbs) -> None:
 def _state_ids(db: DbSettings) -> list[dict]:
     with connect(db) as conn:
         return _exec(conn, "SELECT id, call_id FROM sbc_cdrs ORDER BY id")
+
+
+# -- CDRs that carry the rates they were routed by -----------------------------------
+
+WITH_RATES = COLUMNS + ", carrier_rate_id, customer_rate_id"
+CARRIER_RATE_57, CARRIER_RATE_5730_EXPIRED, CARRIER_2_RATE_57, CARRIER_3_RATE_ANY = 1, 4, 6, 9
+CUSTOMER_A_RATE_57 = 1
+
+
+def _routed_rate(rates: Sequence[tuple], owner: int | None, number: str, at: dt.datetime) -> int | None:
+    """The id of the rate Kamailio's routing query finds for ``owner`` and ``number`` at ``at``: every
+    prefix of the number up to 16 digits and the empty one, longest first, then the latest effective_from."""
+    prefixes = {"", *(number[:k] for k in range(1, min(len(number), 16) + 1))}
+    found = [
+        (len(prefix), dt.datetime.fromisoformat(start), rid)
+        for rid, (who, prefix, _rate, _fee, _init, _inc, start, end) in enumerate(rates, start=1)
+        if who == owner
+        and prefix in prefixes
+        and dt.datetime.fromisoformat(start) <= at
+        and (end is None or dt.datetime.fromisoformat(end) > at)
+    ]
+    return max(found)[2] if found else None
+
+
+def _carrying(row: tuple, carrier_rate: int | None, customer_rate: int | None) -> tuple:
+    return (*row, carrier_rate, customer_rate)
+
+
+def _as_routed(row: tuple) -> tuple:
+    """The row as Kamailio writes it: with the rates its routing query found for the row's carrier and
+    customer at the INVITE."""
+    number = row[9] if row[9] is not None else row[8]
+    at = row[16]
+    return _carrying(
+        row, _routed_rate(CARRIER_RATES, row[2], number, at), _routed_rate(CUSTOMER_RATES, row[1], number, at)
+    )
+
+
+def _file_carrying_rates(db: DbSettings, rows: Sequence[tuple]) -> str | None:
+    with connect(db) as conn:
+        _insert(conn, "sbc_cdr_intake", rows, WITH_RATES)
+        _exec(conn, "CALL sbc_file_cdrs()")
+        return _exec(conn, "SELECT @sbc_file_cdrs_row_by_row AS why")[0]["why"]
+
+
+def test_cdrs_that_carry_the_rates_they_were_routed_by_are_billed_as_the_joins_bill_them(two_dbs) -> None:
+    by_triggers, by_procedure = two_dbs
+    rows = _varied_cdrs()
+    routed = [_as_routed(row) for row in rows]
+    assert sum(row[-2] is not None for row in routed) >= 15 and sum(row[-1] is not None for row in routed) >= 15
+    _file_with_triggers(by_triggers, rows)
+    assert _file_carrying_rates(by_procedure, routed) is None
+    _assert_same(_state(by_triggers), _state(by_procedure))
+
+
+def test_a_cdr_is_priced_from_the_rates_it_carries(two_dbs) -> None:
+    """The carried rates are used as they are: here rates of shorter prefixes than the joins would find
+    (the rates a cached route was chosen by), so the price shows which ones were used."""
+    _, by_procedure = two_dbs
+    row = _cdr(1, CUST_A, tried=[(CAR_1, 200)], answer=1, end=31)  # 573001234567, 30 s
+    assert _file_carrying_rates(by_procedure, [_carrying(row, CARRIER_RATE_57, CUSTOMER_A_RATE_57)]) is None
+    with connect(by_procedure) as conn:
+        (cdr,) = _exec(conn, "SELECT * FROM sbc_cdrs")
+    # carrier one's 57: 0.01 a minute, 60/60; customer A's 57: 0.03 a minute, 1/1
+    assert cdr["carrier_rate_prefix"] == "57" and cdr["billed_seconds_cost"] == 60
+    assert str(cdr["cost"]) == "0.010000"
+    assert cdr["customer_rate_prefix"] == "57" and cdr["billed_seconds_price"] == 30
+    assert str(cdr["price"]) == "0.015000"
+
+
+def test_a_cdr_whose_carried_rate_billing_could_not_use_is_priced_by_the_joins(two_dbs) -> None:
+    """A rate no longer in effect at the INVITE, another carrier's or customer's rate, an empty catch-all
+    prefix (routing knows it, billing does not), a rate that no longer exists: the joins price the CDR,
+    as they price one that carries nothing."""
+    by_triggers, by_procedure = two_dbs
+    rows = [
+        _cdr(1, CUST_A, tried=[(CAR_1, 200)], answer=1, end=31),
+        _cdr(2, CUST_A, tried=[(CAR_1, 200)], answer=1, end=31, invite=2),
+        _cdr(3, CUST_C, callee="999123", tried=[(CAR_3, 200)], answer=1, end=31, invite=3),
+        _cdr(4, CUST_B, tried=[(CAR_2, 200)], answer=1, end=31, invite=4),
+    ]
+    carried = [
+        _carrying(rows[0], CARRIER_RATE_5730_EXPIRED, 5),  # 5: customer C's rate
+        _carrying(rows[1], CARRIER_2_RATE_57, 999),
+        _carrying(rows[2], CARRIER_3_RATE_ANY, None),
+        _carrying(rows[3], 12345, CUSTOMER_A_RATE_57),
+    ]
+    _file_with_triggers(by_triggers, rows)
+    assert _file_carrying_rates(by_procedure, carried) is None
+    expected, got = _state(by_triggers), _state(by_procedure)
+    _assert_same(expected, got)
+    cdrs = {row["call_id"]: row for row in got["sbc_cdrs"]}
+    assert cdrs["call-1"]["carrier_rate_prefix"] == "573" and cdrs["call-1"]["customer_rate_prefix"] == "5730"
+    assert cdrs["call-3"]["cost"] is None
