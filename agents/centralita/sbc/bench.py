@@ -7,7 +7,9 @@ converged with the whole appliance. SIPp customers and a SIPp carrier run on
 peer hosts of the lab; calls go through the full SBC logic (source auth,
 limits, normalisation, dialing plan, LCR, dispatcher, dialog, CDR). The same
 ladder of rates then runs against a minimal stateless Kamailio started on the
-same VM, as the reference.
+same VM, as the reference. Optionally (``direct_rates``) the same ladder runs
+with the SIPp customers calling the SIPp carrier straight, no Kamailio in
+between: the most this host carries with the same peers and call shape.
 
 A rate counts as sustained when every call of ``hold_s`` seconds at that rate
 succeeded and every one of them has its CDR. Several SIPp UAC processes share
@@ -148,6 +150,8 @@ class BenchOptions:
     # the ladders of each configuration (None: ``rates``; empty: skipped)
     full_rates: list[int] | None = None
     minimal_rates: list[int] | None = None
+    # SIPp customers straight to the SIPp carrier (the host's own ceiling); empty: skipped
+    direct_rates: list[int] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -374,12 +378,16 @@ class Bench:
             mariadb_ms=(drained[1][3] - before[1][3]) / hz * 1000 / calls,
         )
 
-    def step(self, rate: int, port: int, count_cdrs: bool) -> StepResult:
+    def target(self, port: int | None) -> str:
+        """Where the customers send their calls: Kamailio's port on the VM, or (None) the carrier itself."""
+        return f"{self.vm}:{port}" if port else f"{self.lab.address('buas')}:5060"
+
+    def step(self, rate: int, port: int | None, count_cdrs: bool) -> StepResult:
         calls = rate * self.o.hold_s
         per_uac = max(1, calls // len(self.uacs))
         calls = per_uac * len(self.uacs)
         timeout = self.o.hold_s + 40
-        target = f"{self.vm}:{port}"
+        target = self.target(port)
         # a carrier marked down by an earlier overload would refuse this whole step
         self.lab.exec(VM, "kamcmd dispatcher.reload", check=False)
         since = self.sql("SELECT UTC_TIMESTAMP(3)").strip()
@@ -435,7 +443,7 @@ class Bench:
         cpu.host_steal = (host_after[1] - host_before[1]) / all_ticks if all_ticks else 0.0
         return StepResult(rate, calls, ok, failed, cdrs, cpu)
 
-    def ladder(self, port: int, count_cdrs: bool, label: str, rates: list[int]) -> int:
+    def ladder(self, port: int | None, count_cdrs: bool, label: str, rates: list[int]) -> int:
         best = 0
         for rate in rates:
             result = self.step(rate, port, count_cdrs)
@@ -454,7 +462,7 @@ class Bench:
 
     def pdd(self, target_port: int | None) -> list[float]:
         """Response times INVITE -> 200 OK (ms) of ``pdd_calls`` calls at a gentle rate."""
-        target = f"{self.vm}:{target_port}" if target_port else f"{self.lab.address('buas')}:5060"
+        target = self.target(target_port)
         calls = self.o.pdd_calls
         uas = self.sipp("buas", "uas.xml", None, calls * 2 + 100, 1, calls // 50 + 60, [])
         time.sleep(0.5)
@@ -473,11 +481,82 @@ class Bench:
         return values
 
 
+def parse_rates(text: str) -> list[int]:
+    """A ladder given as "600,700,800" (calls per second, each above 0); "" is no ladder."""
+    rates = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        try:
+            rate = int(part)
+        except ValueError:
+            raise ValueError(f"a rate is a whole number of calls per second, not {part.strip()!r}") from None
+        if rate <= 0:
+            raise ValueError(f"a rate must be above 0 calls per second, not {rate}")
+        rates.append(rate)
+    return rates
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@dataclasses.dataclass
+class BenchSummary:
+    """What a run found: the highest sustained rate of each ladder (None: not run; 0: not even its first
+    rate), the rates each ladder tried, and the PDD samples."""
+
+    hold_s: int
+    full: int | None
+    minimal: int | None
+    direct: int | None
+    pdd_direct: list[float]
+    pdd_sbc: list[float]
+    tried: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+
+    def _sustained(self, ladder: str, best: int) -> str:
+        """A ladder's highest sustained rate, saying when it is only a bound."""
+        rates = self.tried.get(ladder, [])
+        if best == 0 and rates:
+            return f"below {min(rates)} cps"
+        if rates and best >= max(rates):
+            return f"{best} cps (the highest rate tried)"
+        return f"{best} cps"
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The summary table's rows (measure, value)."""
+        added_p50 = _pct(self.pdd_sbc, 0.5) - _pct(self.pdd_direct, 0.5)
+        added_p99 = _pct(self.pdd_sbc, 0.99) - _pct(self.pdd_direct, 0.99)
+        rows = []
+        if self.full is not None:
+            rows.append((f"highest rate sustained {self.hold_s} s, full SBC (no failed call, no missing CDR)",
+                         self._sustained("full", self.full)))  # fmt: skip
+        if self.minimal is not None:
+            rows.append((f"highest rate sustained {self.hold_s} s, minimal stateless Kamailio",
+                         self._sustained("minimal", self.minimal)))  # fmt: skip
+        if self.direct is not None:
+            rows.append((f"highest rate sustained {self.hold_s} s, SIPp to SIPp with no Kamailio (the host's ceiling)",
+                         self._sustained("direct", self.direct)))  # fmt: skip
+        if self.full is not None and self.minimal:
+            rows.append(("full / minimal", f"{self.full / self.minimal:.2f}"))
+        if self.full is not None and self.direct:
+            rows.append(("full / direct", f"{self.full / self.direct:.2f}"))
+        rows += [
+            ("PDD added by the SBC, p50", f"{added_p50:.2f} ms"),
+            ("PDD added by the SBC, p99", f"{added_p99:.2f} ms"),
+            ("calls measured for PDD", f"direct {len(self.pdd_direct)}, via SBC {len(self.pdd_sbc)}"),
+        ]
+        if self.pdd_direct:
+            rows.append(("direct SIPp-to-SIPp INVITE->200, p50", f"{statistics.median(self.pdd_direct):.2f} ms"))
+        return rows
+
+    def targets_met(self) -> bool:
+        added_p99 = _pct(self.pdd_sbc, 0.99) - _pct(self.pdd_direct, 0.99)
+        ratio = self.full / self.minimal if self.full is not None and self.minimal else 0.0
+        return (self.full or 0) >= 1000 and ratio >= 0.7 and added_p99 < 5
 
 
 def run_bench(options: BenchOptions) -> int:
@@ -487,30 +566,30 @@ def run_bench(options: BenchOptions) -> int:
         print(f"centralita bench sbc: {exc}")
         return 2
     print(f"SBC benchmark on lab {options.lab_name} ({bench.vm}): {options.uacs} SIPp UACs, {options.hold_s} s a rate")
+    full = minimal = direct = None
     try:
         bench.setup()
-        direct = bench.pdd(None)
-        via_sbc = bench.pdd(SBC_PORT)
+        pdd_direct = bench.pdd(None)
+        pdd_sbc = bench.pdd(SBC_PORT)
         full_rates = options.rates if options.full_rates is None else options.full_rates
         minimal_rates = options.rates if options.minimal_rates is None else options.minimal_rates
-        full = bench.ladder(SBC_PORT, True, "full SBC", full_rates)
-        minimal = bench.ladder(MINIMAL_PORT, False, "minimal", minimal_rates)
+        if full_rates:
+            full = bench.ladder(SBC_PORT, True, "full SBC", full_rates)
+        if minimal_rates:
+            minimal = bench.ladder(MINIMAL_PORT, False, "minimal", minimal_rates)
+        if options.direct_rates:
+            direct = bench.ladder(None, False, "direct", options.direct_rates)
     finally:
         bench.teardown()
-    added_p50 = _pct(via_sbc, 0.5) - _pct(direct, 0.5)
-    added_p99 = _pct(via_sbc, 0.99) - _pct(direct, 0.99)
-    ratio = full / minimal if minimal else float("nan")
+    tried = {"full": full_rates, "minimal": minimal_rates, "direct": options.direct_rates}
+    summary = BenchSummary(options.hold_s, full, minimal, direct, pdd_direct, pdd_sbc, tried)
     print()
     print("| measure | value |")
     print("|---|---|")
-    print(f"| highest rate sustained {options.hold_s} s, full SBC (no failed call, no missing CDR) | {full} cps |")
-    print(f"| highest rate sustained {options.hold_s} s, minimal stateless Kamailio | {minimal} cps |")
-    print(f"| full / minimal | {ratio:.2f} |")
-    print(f"| PDD added by the SBC, p50 | {added_p50:.2f} ms |")
-    print(f"| PDD added by the SBC, p99 | {added_p99:.2f} ms |")
-    print(f"| calls measured for PDD | direct {len(direct)}, via SBC {len(via_sbc)} |")
-    if direct and via_sbc:
-        print(f"| direct SIPp-to-SIPp INVITE->200, p50 | {statistics.median(direct):.2f} ms |")
-    targets_met = full >= 1000 and (ratio >= 0.7) and added_p99 < 5
-    print(f"\ntargets (>= 1000 cps, >= 0.7 of minimal, p99 added PDD < 5 ms): {'met' if targets_met else 'not met'}")
+    for measure, value in summary.rows():
+        print(f"| {measure} | {value} |")
+    print(
+        "\ntargets (>= 1000 cps, >= 0.7 of minimal, p99 added PDD < 5 ms): "
+        f"{'met' if summary.targets_met() else 'not met'}"
+    )
     return 0

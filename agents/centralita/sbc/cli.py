@@ -61,6 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pdd-calls", type=int, default=2000, help="calls measured for the added PDD")
     p.add_argument("--full-rates", help="rates for the full SBC only (default --rates; '' skips it)")
     p.add_argument("--minimal-rates", help="rates for the minimal configuration only (default --rates; '' skips it)")
+    p.add_argument(
+        "--direct-rates",
+        default="",
+        help="rates for SIPp customers calling the SIPp carrier straight, no Kamailio (the host's ceiling;"
+        " default: not run)",
+    )
     p.set_defaults(func=cmd_bench)
 
 
@@ -159,12 +165,18 @@ def cmd_rates_import(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from centralita.sbc.bench import BenchOptions, run_bench
+    from centralita.sbc.bench import BenchOptions, parse_rates, run_bench
 
     def parse(text: str | None) -> list[int] | None:
-        return None if text is None else [int(r) for r in text.split(",") if r.strip()]
+        return None if text is None else parse_rates(text)
 
-    rates = parse(args.rates) or []
+    try:
+        rates = parse(args.rates) or []
+        direct_rates = parse(args.direct_rates) or []
+        full_rates, minimal_rates = parse(args.full_rates), parse(args.minimal_rates)
+    except ValueError as exc:
+        print(f"centralita bench sbc: {exc}", file=sys.stderr)
+        return 2
     options = BenchOptions(
         lab_name=args.lab_name,
         lab_index=args.lab_index,
@@ -172,7 +184,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         hold_s=args.hold_s,
         uacs=args.uacs,
         pdd_calls=args.pdd_calls,
-        full_rates=parse(args.full_rates),
-        minimal_rates=parse(args.minimal_rates),
+        full_rates=full_rates,
+        minimal_rates=minimal_rates,
+        direct_rates=direct_rates,
     )
     return run_bench(options)
