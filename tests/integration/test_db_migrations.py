@@ -251,6 +251,32 @@ def test_longest_prefix_rate_lookup_uses_the_prefix_index(db_conn: pymysql.Conne
             cur.execute("DELETE FROM carriers WHERE id = %s", (carrier,))
 
 
+@pytest.mark.parametrize("prefix", ["", "+57", "57 1"])
+def test_a_rate_without_a_prefix_of_digits_is_refused(db_conn: pymysql.Connection, prefix: str) -> None:
+    # routing would match an empty prefix to every number while billing never does
+    with db_conn.cursor() as cur:
+        cur.execute("INSERT INTO carriers (name, host) VALUES ('prefix-test', '10.213.9.9')")
+        carrier = cur.lastrowid
+        cur.execute("INSERT INTO customers (name) VALUES ('prefix-test')")
+        customer = cur.lastrowid
+        try:
+            with pytest.raises(pymysql.err.OperationalError, match="ck_carrier_rates_prefix"):
+                cur.execute(
+                    "INSERT INTO carrier_rates (carrier_id, prefix, rate_per_minute, effective_from) "
+                    "VALUES (%s, %s, 0.01, '2020-01-01')",
+                    (carrier, prefix),
+                )
+            with pytest.raises(pymysql.err.OperationalError, match="ck_customer_rates_prefix"):
+                cur.execute(
+                    "INSERT INTO customer_rates (customer_id, prefix, rate_per_minute, effective_from) "
+                    "VALUES (%s, %s, 0.02, '2020-01-01')",
+                    (customer, prefix),
+                )
+        finally:
+            cur.execute("DELETE FROM carriers WHERE id = %s", (carrier,))
+            cur.execute("DELETE FROM customers WHERE id = %s", (customer,))
+
+
 def test_customer_user_without_customer_is_rejected(db_conn: pymysql.Connection) -> None:
     with db_conn.cursor() as cur, pytest.raises(pymysql.err.OperationalError, match="ck_users_customer_role"):
         cur.execute("INSERT INTO users (username, password_hash, role) VALUES ('orphan', 'x', 'customer')")

@@ -106,7 +106,6 @@ CARRIER_RATES = [
     (CAR_2, "57", "0.015000", "0.010000", 60, 60, "2020-01-01", None),
     (CAR_2, "5730", "0.017777", "0", 6, 6, "2020-01-01", None),
     (CAR_3, "57", "0.011000", "0", 1, 1, "2020-01-01", None),
-    (CAR_3, "", "0.300000", "0", 60, 60, "2020-01-01", None),
 ]
 CUSTOMER_RATES = [
     (CUST_A, "57", "0.030000", "0", 1, 1, "2020-01-01", None),
@@ -303,7 +302,7 @@ def test_a_batch_filed_by_the_procedure_matches_the_triggers_row_for_row(two_dbs
     assert cdrs["call-10"]["customer_rate_prefix"] == "5730" and cdrs["call-11"]["customer_rate_prefix"] == "57301"
     assert cdrs["call-8"]["cost"] is None and cdrs["call-8"]["price"] is None and cdrs["call-8"]["billable_ms"] == 30337
     assert cdrs["call-17"]["progress_at"] is None and cdrs["call-18"]["answer_at"] is None
-    assert cdrs["call-22"]["carrier_rate_prefix"] == ""
+    assert cdrs["call-22"]["carrier_rate_prefix"] is None and cdrs["call-22"]["cost"] is None
     assert cdrs["call-1"]["currency"] == "EUR"
     assert [c["disposition"] for c in got["sbc_cdrs"][11:16]] == [
         "cancelled",
@@ -496,7 +495,7 @@ def _state_ids(db: DbSettings) -> list[dict]:
 # -- CDRs that carry the rates they were routed by -----------------------------------
 
 WITH_RATES = COLUMNS + ", carrier_rate_id, customer_rate_id"
-CARRIER_RATE_57, CARRIER_RATE_5730_EXPIRED, CARRIER_2_RATE_57, CARRIER_3_RATE_ANY = 1, 4, 6, 9
+CARRIER_RATE_57, CARRIER_RATE_5730_EXPIRED, CARRIER_2_RATE_57, CARRIER_3_RATE_57 = 1, 4, 6, 8
 CUSTOMER_A_RATE_57 = 1
 
 
@@ -562,8 +561,8 @@ def test_a_cdr_is_priced_from_the_rates_it_carries(two_dbs) -> None:
 
 
 def test_a_cdr_whose_carried_rate_billing_could_not_use_is_priced_by_the_joins(two_dbs) -> None:
-    """A rate no longer in effect at the INVITE, another carrier's or customer's rate, an empty catch-all
-    prefix (routing knows it, billing does not), a rate that no longer exists: the joins price the CDR,
+    """A rate no longer in effect at the INVITE, another carrier's or customer's rate, a rate whose prefix
+    does not start the number, a rate that no longer exists: the joins price the CDR,
     as they price one that carries nothing."""
     by_triggers, by_procedure = two_dbs
     rows = [
@@ -575,7 +574,7 @@ def test_a_cdr_whose_carried_rate_billing_could_not_use_is_priced_by_the_joins(t
     carried = [
         _carrying(rows[0], CARRIER_RATE_5730_EXPIRED, 5),  # 5: customer C's rate
         _carrying(rows[1], CARRIER_2_RATE_57, 999),
-        _carrying(rows[2], CARRIER_3_RATE_ANY, None),
+        _carrying(rows[2], CARRIER_3_RATE_57, None),  # 57 does not start 999123
         _carrying(rows[3], 12345, CUSTOMER_A_RATE_57),
     ]
     _file_with_triggers(by_triggers, rows)
