@@ -29,6 +29,8 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import ctypes
+import errno
 import gc
 import itertools
 import json
@@ -49,7 +51,16 @@ from centralita.aicall.metrics import AicallMetrics
 from centralita.aicall.provider import SessionConfig
 from centralita.aicall.realtime import RealtimeSession
 from centralita.aicall.record import CallRecord
-from centralita.aicall.rtp import PAYLOAD_TYPES, SWITCH_INTERVAL_S, Pacer, RtpMedia, RtpPacket, RtpPort
+from centralita.aicall.rtp import (
+    PAYLOAD_TYPES,
+    RECV_SIZE,
+    SWITCH_INTERVAL_S,
+    DatagramBatch,
+    Pacer,
+    RtpMedia,
+    RtpPacket,
+    RtpPort,
+)
 from centralita.aicall.session import CallPolicy, CallSession
 from centralita.aicall.tools.base import ToolBox
 
@@ -58,6 +69,7 @@ log = logging.getLogger("centralita.aicall.bench")
 WARM_UP_S = 2.0
 CALLER_SLOTS = 20  # the callers' frames leave in this many groups per 20 ms, as independent calls' do
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's value; Python does not export the name
+_CMSG_HEADER = socket.CMSG_LEN(0)  # a cmsghdr's size: the time stamp follows it
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -181,8 +193,8 @@ def _wall_us() -> int:
 class _TimedRtpPort(RtpPort):
     """The agent's shared port, reading each datagram with the kernel's time of its arrival.
 
-    The same loop as :meth:`RtpPort._readable`, with ``recvmsg_into`` and its ancillary data in
-    place of ``recvfrom_into``: the arrival goes to the call's model session beside the send time.
+    The same loops as :class:`RtpPort`'s, with room for each datagram's ancillary data (its
+    ``SO_TIMESTAMPNS`` time stamp): the arrival goes to the call's model session beside the send time.
     """
 
     def open(self) -> None:
@@ -190,7 +202,38 @@ class _TimedRtpPort(RtpPort):
         if self.sock is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
-    def _readable(self) -> None:
+    def _datagram_batch(self) -> DatagramBatch:
+        return DatagramBatch(self.READ_AT_ONCE, RECV_SIZE, control=socket.CMSG_SPACE(16))
+
+    def _read_batches(self, batch: DatagramBatch) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        fd, calls, view, size = sock.fileno(), self._sources, batch.view, batch.size
+        lengths, stride, offset, sources = batch.lengths, batch.length_stride, batch.length_offset, batch.sources
+        controls, control = batch.controls, batch.control
+        assert controls is not None
+        for _ in range(-(-self.BATCH // batch.count)):
+            received = batch.receive(fd)
+            if received < 0:
+                if ctypes.get_errno() in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR):
+                    return
+                log.warning("rtp: socket error %d", ctypes.get_errno())
+                continue
+            for index in range(received):
+                entry = calls.get(sources[2 * index])
+                if entry is None:
+                    self.unknown_packets += 1
+                    continue
+                media = entry[0]
+                model = getattr(media, "model", None)
+                if model is not None and batch.control_length(index) >= _CMSG_HEADER + 16:  # a cmsghdr, a timespec
+                    seconds, nanos = struct.unpack_from("qq", controls, index * control + _CMSG_HEADER)
+                    model.arrived_at.append((seconds * 1_000_000 + nanos // 1000) & 0xFFFFFFFF)
+                start = index * size
+                media._received(view[start : start + lengths[index * stride + offset]], entry[1])
+
+    def _read_each(self) -> None:
         sock = self.sock
         if sock is None:
             return

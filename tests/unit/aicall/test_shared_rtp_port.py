@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from aicall_harness import RtpPeer, run
 from centralita.aicall import g711
 from centralita.aicall.agent import AicallAgent
 from centralita.aicall.metrics import AicallMetrics
-from centralita.aicall.rtp import FrameBatch, Pacer, RtpMedia, RtpPacket, RtpPort
+from centralita.aicall.rtp import DatagramBatch, FrameBatch, Pacer, RtpMedia, RtpPacket, RtpPort, source_key
 from centralita.aicall.settings import AicallSettings
 from centralita.asterisk.ari import AriError
 from centralita.config import load_settings
@@ -188,3 +189,78 @@ def test_calls_sharing_a_pass_are_sent_in_one_batch_each_to_its_own_caller_in_or
         assert all((b - a) % 65536 == 1 for a, b in itertools.pairwise(stream)), "no frame lost or repeated"
     assert after_move[0] <= 1, "nothing for the old address once the call moved"
     assert moved >= 10
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["recvmmsg", "recvfrom"])
+def test_a_burst_waiting_on_the_port_reaches_each_call_whole_and_in_order(batched: bool) -> None:
+    """More datagrams than one recvmmsg reads, from three callers and a stranger, read in one wake-up."""
+
+    async def scenario() -> tuple[list[list[bytes]], list[list[bytes]], int, tuple[str, int] | None]:
+        pacer = Pacer()
+        port = RtpPort()
+        if not batched:
+            port._batch = None  # the reader for a C library without recvmmsg
+        callers = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+        medias, heard = [], []
+        for index, caller in enumerate(callers):
+            caller.bind(("127.0.0.1", 0))
+            media = RtpMedia("ulaw", pacer, port=port, name=f"call-{index}")
+            received: list[bytes] = []
+            media.on_audio(received.append)
+            await media.start()
+            media.set_remote(*caller.getsockname())
+            medias.append(media)
+            heard.append(received)
+        assert port.sock is not None
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(port.sock.fileno())  # the test reads the port itself, once the burst waits
+        stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sent: list[list[bytes]] = [[], [], []]
+        for sequence in range(60):  # 180 datagrams: three recvmmsg batches of 64
+            for index, caller in enumerate(callers):
+                payload = bytes([sequence, index]) * 80
+                caller.sendto(RtpPacket(0, sequence, 160 * sequence, 7, payload).encode(), port.local)
+                sent[index].append(payload)
+            if sequence % 20 == 0:
+                stranger.sendto(RtpPacket(0, sequence, 0, 9, bytes(160)).encode(), port.local)
+        await asyncio.sleep(0.05)  # loopback delivers at once; a margin for a busy host
+        port._readable()
+        remote = medias[1].remote
+        for media in medias:
+            await media.close()
+        unknown = port.unknown_packets
+        port.close()
+        await pacer.close()
+        for sock in (*callers, stranger):
+            sock.close()
+        return heard, sent, unknown, remote
+
+    heard, sent, unknown, remote = run(scenario())
+    assert heard == sent, "each call got its own caller's payloads, byte for byte, in order"
+    assert unknown == 3, "the stranger's datagrams are counted and dropped"
+    assert remote is not None and remote[0] == "127.0.0.1"
+
+
+def test_a_datagram_batch_names_each_sender_as_recvfrom_would() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    try:
+        for index, sender in enumerate(senders):
+            sender.bind(("127.0.0.1", 0))
+            sender.sendto(bytes([index]) * (10 + index), sock.getsockname())
+        batch = DatagramBatch(count=4, size=64)
+        time.sleep(0.05)  # loopback delivers at once; a margin for a busy host
+        received = batch.receive(sock.fileno())
+        assert received == 2
+        assert [batch.source(index) for index in range(2)] == [s.getsockname() for s in senders]
+        assert [batch.sources[2 * index] for index in range(2)] == [source_key(*s.getsockname()) for s in senders]
+        assert [bytes(batch.view[index * 64 : index * 64 + batch.length(index)]) for index in range(2)] == [
+            bytes([0]) * 10,
+            bytes([1]) * 11,
+        ]
+        assert batch.receive(sock.fileno()) == -1, "nothing waits: the read does not block"
+    finally:
+        sock.close()
+        for sender in senders:
+            sender.close()
