@@ -501,8 +501,8 @@ CUSTOMER_A_RATE_57 = 1
 
 def _routed_rate(rates: Sequence[tuple], owner: int | None, number: str, at: dt.datetime) -> int | None:
     """The id of the rate Kamailio's routing query finds for ``owner`` and ``number`` at ``at``: every
-    prefix of the number up to 16 digits and the empty one, longest first, then the latest effective_from."""
-    prefixes = {"", *(number[:k] for k in range(1, min(len(number), 16) + 1))}
+    prefix of the number up to 32 digits and the empty one, longest first, then the latest effective_from."""
+    prefixes = {"", *(number[:k] for k in range(1, min(len(number), 32) + 1))}
     found = [
         (len(prefix), dt.datetime.fromisoformat(start), rid)
         for rid, (who, prefix, _rate, _fee, _init, _inc, start, end) in enumerate(rates, start=1)
@@ -584,3 +584,48 @@ def test_a_cdr_whose_carried_rate_billing_could_not_use_is_priced_by_the_joins(t
     cdrs = {row["call_id"]: row for row in got["sbc_cdrs"]}
     assert cdrs["call-1"]["carrier_rate_prefix"] == "573" and cdrs["call-1"]["customer_rate_prefix"] == "5730"
     assert cdrs["call-3"]["cost"] is None
+
+
+def test_a_twenty_digit_rate_prefix_bills_the_numbers_it_starts(two_dbs) -> None:
+    """Prefixes of 17-32 digits are valid rates (migration 0014): the triggers, the joins and a carried rate
+    all find them, so a call routed by one is billed by it."""
+    by_triggers, by_procedure = two_dbs
+    prefix = "57300123456789012345"
+    for db in two_dbs:
+        with connect(db) as conn:
+            _exec(
+                conn,
+                "INSERT INTO carrier_rates (carrier_id, prefix, rate_per_minute, connection_fee, billing_initial,"
+                " billing_increment, effective_from) VALUES (%s, %s, 0.5, 0, 1, 1, '2020-01-01')",
+                (CAR_1, prefix),
+            )
+            _exec(
+                conn,
+                "INSERT INTO customer_rates (customer_id, prefix, rate_per_minute, connection_fee, billing_initial,"
+                " billing_increment, effective_from) VALUES (%s, %s, 0.9, 0, 1, 1, '2020-01-01')",
+                (CUST_C, prefix),
+            )
+    carrier_rate, customer_rate = len(CARRIER_RATES) + 1, len(CUSTOMER_RATES) + 1
+    rows = [
+        # by the joins (nothing carried), then by the rates carried
+        _cdr(1, CUST_C, callee=prefix + "6789", tried=[(CAR_1, 200)], answer=1, end=31),
+        _cdr(2, CUST_C, callee=prefix + "6789", tried=[(CAR_1, 200)], answer=1, end=31, invite=2),
+    ]
+    assert (
+        _routed_rate(
+            [*CARRIER_RATES, (CAR_1, prefix, "0.5", "0", 1, 1, "2020-01-01", None)], CAR_1, prefix + "6789", NOW
+        )
+        == carrier_rate
+    )
+    _file_with_triggers(by_triggers, rows)
+    assert (
+        _file_carrying_rates(
+            by_procedure, [_carrying(rows[0], None, None), _carrying(rows[1], carrier_rate, customer_rate)]
+        )
+        is None
+    )
+    expected, got = _state(by_triggers), _state(by_procedure)
+    _assert_same(expected, got)
+    for cdr in got["sbc_cdrs"]:
+        assert cdr["carrier_rate_prefix"] == prefix and cdr["customer_rate_prefix"] == prefix
+        assert str(cdr["cost"]) == "0.250000" and str(cdr["price"]) == "0.450000"

@@ -294,6 +294,29 @@ def test_failover_to_the_next_carrier_after_503(world):
     assert int(cdr["carrier_id"]) == good
 
 
+def test_rate_prefixes_longer_than_16_digits_route_and_bill_the_call(world):
+    """A 20-digit prefix is the longest match of a 24-digit number: it sets the customer's sell rate (so
+    the dearer carrier fits), gives the second carrier its route and prices the call on both sides."""
+    long_prefix = "57300123456789012345"
+    number = long_prefix + "6789"
+    world.add_peer("cust")
+    short = world.carrier(world.add_peer("carrier1"), rates={"57": 0.01})
+    long = world.carrier(world.add_peer("carrier2"), rates={long_prefix: 0.02})
+    customer = world.customer(world.lab.peer_address("cust"), sell={"57": 0.001, long_prefix: 0.05})
+    world.reload()
+    world.sipp.start("carrier1", "sbc_carrier_503.xml", calls=1, timeout=30)
+    world.sipp.start("carrier2", "sbc_carrier_quick.xml", calls=1, timeout=30)
+
+    assert call(world, "cust", number, hold_ms=2000).ok
+
+    (cdr,) = world.cdrs(customer)
+    assert world.tried(cdr) == [{"carrier_id": short, "code": 503}, {"carrier_id": long, "code": 200}]
+    assert cdr["callee_normalized"] == number
+    assert cdr["carrier_rate_prefix"] == long_prefix and cdr["customer_rate_prefix"] == long_prefix
+    assert float(cdr["price"]) == pytest.approx(int(cdr["billed_seconds_price"]) / 60 * 0.05, abs=1e-6)
+    assert float(cdr["cost"]) == pytest.approx(int(cdr["billed_seconds_cost"]) / 60 * 0.02, abs=1e-6)
+
+
 def test_busy_goes_back_to_the_customer_without_failover(world):
     world.add_peer("cust")
     busy = world.carrier(world.add_peer("carrier1"), rates={"57": 0.01})
