@@ -7,13 +7,11 @@ to every call at real-time pace, and an RTP generator in a third process plays N
 callers (20 ms frames in, paced frames out) and measures what a caller receives.
 
 Measured per load point:
-- inbound added latency: a caller frame sent by its caller until its
-  ``input_audio_buffer.append`` is written to the model socket (p50/p99): the kernel, the
-  wait for the event loop, the call logic and the framing (the callers put their send time
-  in the RTP SSRC, on the host's monotonic clock);
-- the same from the frame's arrival at the agent's socket (the kernel's receive time stamp,
-  ``SO_TIMESTAMPNS``) until that write: what the agent itself adds, without the callers'
-  own delays between taking their time stamp and ``sendto``;
+- inbound added latency: a caller frame from its arrival at the agent's socket (the
+  kernel's receive time stamp, ``SO_TIMESTAMPNS``) until its ``input_audio_buffer.append``
+  has been written to the model socket (p50/p99): the wait for the event loop, the call
+  logic and the framing. The agent notes two things per frame and works the rest out after
+  the point (:class:`_Timing`), so the measuring costs it little of the core it is measured on;
 - outbound added latency: a frame's due time on the 20 ms clock until it is sent (p50/p99);
 - outbound pacing jitter at the callers: |inter-arrival - 20 ms| (p50/p99, worst gap);
 - the callers' real send rate (frames per call and second): a busy helper core sends fewer than
@@ -52,6 +50,7 @@ from centralita.aicall.provider import SessionConfig
 from centralita.aicall.realtime import RealtimeSession
 from centralita.aicall.record import CallRecord
 from centralita.aicall.rtp import (
+    _SOCKADDR_IN,
     PAYLOAD_TYPES,
     RECV_SIZE,
     SWITCH_INTERVAL_S,
@@ -60,6 +59,7 @@ from centralita.aicall.rtp import (
     RtpMedia,
     RtpPacket,
     RtpPort,
+    _sockaddr_in,
 )
 from centralita.aicall.session import CallPolicy, CallSession
 from centralita.aicall.tools.base import ToolBox
@@ -128,13 +128,10 @@ async def _generate(targets: list[tuple[str, int]], seconds: float, law: str) ->
     due = started = loop.time()
     end = due + seconds
     while loop.time() < end:
-        # one packet per round, only its SSRC rewritten per caller: the send time (see _TimedRtpMedia)
-        packet = bytearray(
-            RtpPacket(PAYLOAD_TYPES[law], sequence & 0xFFFF, timestamp & 0xFFFFFFFF, 0, silence).encode()
-        )
+        # one packet per round for every caller: the agent times arrivals by the kernel, not by the packet
+        packet = RtpPacket(PAYLOAD_TYPES[law], sequence & 0xFFFF, timestamp & 0xFFFFFFFF, 0, silence).encode()
         for slot in slots:
             for caller, target in slot:
-                packet[8:12] = _clock_us().to_bytes(4, "big")
                 caller.sock.sendto(packet, target)
             due += step
             await asyncio.sleep(max(0.0, due - loop.time()))
@@ -180,22 +177,87 @@ def generator_main(argv: list[str]) -> int:
 # the agent's side (this process) ---------------------------------------------------------------
 
 
-def _clock_us() -> int:
-    """The host's monotonic clock in µs, 32 bits: shared by the callers' process and this one."""
-    return (time.monotonic_ns() // 1000) & 0xFFFFFFFF
+class _Timing:
+    """What the benchmark keeps of each caller frame the agent reads: two operations a frame.
+
+    The agent is measured on the core it runs on, so the measuring must not take much of it
+    (stamping, matching and computing per frame had cost the agent a tenth to a quarter of its
+    CPU, and lengthened the very queue being measured). Per ``recvmmsg``, the kernel's ancillary
+    data of the batch (each datagram's arrival time stamp) and its senders' addresses are copied
+    in one operation each; per frame, the time its handling returned is appended: by then a frame
+    has been written to the model socket, unless it went to the writer task's queue, which notes
+    it (:class:`_TimedOutbox`) and times it when written. Everything else is worked out after
+    the point (:meth:`inbound_ms`).
+    """
+
+    SOURCE = _SOCKADDR_IN  # bytes kept per frame to tell its call: its sender's sockaddr_in
+
+    def __init__(self, control: int = socket.CMSG_SPACE(16)) -> None:
+        self.control = control  # bytes of ancillary data kept per frame
+        self.controls = bytearray()  # each frame's ancillary data as the kernel wrote it
+        self.sources = bytearray()  # each frame's sender
+        self.done = array("q")  # when its handling returned (time_ns; CLOCK_REALTIME, as the stamps); -1: dropped
+        self.start = 0  # frames before this one arrived during the warm-up
+
+    def measure_from_now(self) -> None:
+        self.start = len(self.done)
+
+    def note(self, ancillary: bytes, source: bytes, done: int) -> None:
+        """One frame read on its own (the paths without ``recvmmsg``), ``ancillary`` as ``recvmsg`` gave it."""
+        self.controls += ancillary.ljust(self.control, b"\0")[: self.control]
+        self.sources += source.ljust(self.SOURCE, b"\0")[: self.SOURCE]
+        self.done.append(done)
+
+    def inbound_ms(self, frames_per_message: int = 1) -> list[float]:
+        """Each measured frame's arrival until its message was written, in ms.
+
+        With several frames per message (``AICALL_INPUT_FRAMES``), a call's frames are written
+        in groups of that many, in order: each frame waited until its group's last one was.
+        """
+        control, controls, sources, done = self.control, self.controls, self.sources, self.done
+        latencies: list[float] = []
+        groups: dict[bytes, list[tuple[int, int | None]]] = {}
+        for index in range(min(len(done), len(controls) // control, len(sources) // self.SOURCE)):
+            finished = done[index]
+            if finished < 0:
+                continue
+            arrival = _arrival_ns(controls, index * control)
+            if frames_per_message <= 1:
+                if arrival is not None and index >= self.start:
+                    latencies.append((finished - arrival) / 1e6)
+                continue
+            group = groups.setdefault(bytes(sources[index * self.SOURCE : (index + 1) * self.SOURCE]), [])
+            group.append((index, arrival))
+            if len(group) == frames_per_message:
+                latencies.extend((finished - at) / 1e6 for frame, at in group if at is not None and frame >= self.start)
+                group.clear()
+        return latencies
 
 
-def _wall_us() -> int:
-    """The host's real-time clock in µs, 32 bits: the clock of the kernel's receive time stamps."""
-    return (time.time_ns() // 1000) & 0xFFFFFFFF
+_CMSG = struct.Struct("@Nii")  # struct cmsghdr: length, level, type; the data starts at CMSG_LEN(0)
+
+
+def _arrival_ns(controls: bytes | bytearray, offset: int) -> int | None:
+    """The ``SO_TIMESTAMPNS`` time stamp in the ancillary data at ``offset``, or None when there is none."""
+    if offset + _CMSG_HEADER + 16 > len(controls):
+        return None
+    length, level, kind = _CMSG.unpack_from(controls, offset)
+    if length < _CMSG_HEADER + 16 or level != socket.SOL_SOCKET or kind != SO_TIMESTAMPNS:
+        return None
+    seconds, nanos = struct.unpack_from("qq", controls, offset + _CMSG_HEADER)
+    return seconds * 1_000_000_000 + nanos
 
 
 class _TimedRtpPort(RtpPort):
-    """The agent's shared port, reading each datagram with the kernel's time of its arrival.
+    """The agent's shared port, keeping each datagram's arrival time stamp and when its handling returned.
 
     The same loops as :class:`RtpPort`'s, with room for each datagram's ancillary data (its
-    ``SO_TIMESTAMPNS`` time stamp): the arrival goes to the call's model session beside the send time.
+    ``SO_TIMESTAMPNS`` time stamp) and the :class:`_Timing` notes.
     """
+
+    def __init__(self, timing: _Timing, **kwargs: Any) -> None:
+        self.timing = timing  # before the port's set-up, which makes the batch
+        super().__init__(**kwargs)
 
     def open(self) -> None:
         super().open()
@@ -203,7 +265,7 @@ class _TimedRtpPort(RtpPort):
             self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
     def _datagram_batch(self) -> DatagramBatch:
-        return DatagramBatch(self.READ_AT_ONCE, RECV_SIZE, control=socket.CMSG_SPACE(16))
+        return DatagramBatch(self.READ_AT_ONCE, RECV_SIZE, control=self.timing.control)
 
     def _read_batches(self, batch: DatagramBatch) -> None:
         sock = self.sock
@@ -211,8 +273,11 @@ class _TimedRtpPort(RtpPort):
             return
         fd, calls, view, size = sock.fileno(), self._sources, batch.view, batch.size
         lengths, stride, offset, sources = batch.lengths, batch.length_stride, batch.length_offset, batch.sources
-        controls, control = batch.controls, batch.control
+        controls, control, names = batch.controls, batch.control, batch.sources.cast("B")
         assert controls is not None
+        zeros = memoryview(bytes(len(controls)))
+        keep_controls, keep_sources = self.timing.controls.extend, self.timing.sources.extend
+        done, clock = self.timing.done.append, time.time_ns
         for _ in range(-(-self.BATCH // batch.count)):
             received = batch.receive(fd)
             if received < 0:
@@ -220,25 +285,26 @@ class _TimedRtpPort(RtpPort):
                     return
                 log.warning("rtp: socket error %d", ctypes.get_errno())
                 continue
+            kept = received * control
+            keep_controls(controls[:kept])
+            controls[:kept] = zeros[:kept]  # a message the kernel gives no time stamp must not show an old one
+            keep_sources(names[: received * _SOCKADDR_IN])
             for index in range(received):
                 entry = calls.get(sources[2 * index])
                 if entry is None:
                     self.unknown_packets += 1
+                    done(-1)
                     continue
-                media = entry[0]
-                model = getattr(media, "model", None)
-                if model is not None and batch.control_length(index) >= _CMSG_HEADER + 16:  # a cmsghdr, a timespec
-                    seconds, nanos = struct.unpack_from("qq", controls, index * control + _CMSG_HEADER)
-                    model.arrived_at.append((seconds * 1_000_000 + nanos // 1000) & 0xFFFFFFFF)
                 start = index * size
-                media._received(view[start : start + lengths[index * stride + offset]], entry[1])
+                entry[0]._received(view[start : start + lengths[index * stride + offset]], entry[1])
+                done(clock())
 
     def _read_each(self) -> None:
         sock = self.sock
         if sock is None:
             return
         receive, buffers, view, calls = sock.recvmsg_into, [self._buffer], self._view, self._calls
-        ancillary_size = socket.CMSG_SPACE(16)
+        ancillary_size, timing = self.timing.control, self.timing
         for _ in range(self.BATCH):
             try:
                 size, ancillary, _flags, addr = receive(buffers, ancillary_size)
@@ -251,95 +317,90 @@ class _TimedRtpPort(RtpPort):
             if media is None:
                 self.unknown_packets += 1
                 continue
-            model = getattr(media, "model", None)
-            if model is not None and ancillary:
-                seconds, nanos = struct.unpack_from("qq", ancillary[0][2])
-                model.arrived_at.append((seconds * 1_000_000 + nanos // 1000) & 0xFFFFFFFF)
             media._received(view[:size], addr)
+            timing.note(_ancillary_bytes(ancillary), _sockaddr_in(*addr[:2]) or b"", time.time_ns())
+
+
+def _ancillary_bytes(ancillary: list[tuple[int, int, bytes]]) -> bytes:
+    """``recvmsg``'s first ancillary item laid out as the kernel writes it (a cmsghdr, then its data)."""
+    if not ancillary:
+        return b""
+    level, kind, data = ancillary[0]
+    return _CMSG.pack(socket.CMSG_LEN(len(data)), level, kind).ljust(_CMSG_HEADER, b"\0") + data
 
 
 class _TimedRtpMedia(RtpMedia):
-    """RtpMedia that notes when each caller frame was sent: the callers put that time in the SSRC."""
+    """A call on its own socket (``--own-sockets``), timed as the shared port times its frames."""
 
-    model: _TimedRealtime | None = None
+    timing: _Timing | None = None
 
-    def _received(self, data: bytes | memoryview, addr: tuple[str, int]) -> None:
-        model = self.model
-        if model is not None and len(data) >= 12:
-            model.sent_at.append(int.from_bytes(data[8:12], "big"))
-        super()._received(data, addr)
+    async def start(self) -> None:
+        await super().start()
+        if self._reading is not None:
+            self._reading.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+
+    def _readable(self) -> None:
+        sock, timing = self._reading, self.timing
+        if sock is None or timing is None:
+            super()._readable()
+            return
+        try:
+            data, ancillary, _flags, addr = sock.recvmsg(RECV_SIZE, timing.control)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("rtp %s: socket error %s", self.name, exc)
+            return
+        self._received(data, addr)
+        timing.note(_ancillary_bytes(ancillary), _sockaddr_in(*addr[:2]) or b"", time.time_ns())
+
+
+class _TimedOutbox(asyncio.Queue):
+    """A model session's writer queue that notes which caller frame each queued audio message ends.
+
+    Only the slow path goes through it (the socket's buffer backed up, or the writer busy): at
+    that moment the port is handling that frame, whose :class:`_Timing` index is the next one.
+    """
+
+    def __init__(self, timing: _Timing, audio_prefix: str) -> None:
+        super().__init__()
+        self.timing = timing
+        self.audio_prefix = audio_prefix
+        self.frames: collections.deque[int] = collections.deque()  # the frame index of each queued audio message
+
+    def put_nowait(self, item: Any) -> None:
+        if isinstance(item, str) and item.startswith(self.audio_prefix):
+            self.frames.append(len(self.timing.done))
+        super().put_nowait(item)
 
 
 class _TimedRealtime(RealtimeSession):
-    """RealtimeSession that times each caller frame until its write to the model socket.
+    """RealtimeSession whose writer task times the caller frames that waited in its queue."""
 
-    From the caller's send (its time stamp in the SSRC): the callers' own delay before ``sendto``,
-    the kernel, the wait for the event loop to read the socket, the call logic and the framing.
-    From the kernel's time stamp of its arrival at the agent's socket: the same without the
-    callers' part. A frame that goes through the writer task is timed when the task wrote it.
-    """
-
-    def __init__(self, latencies: array, arrival_latencies: array, **kwargs: Any) -> None:
+    def __init__(self, timing: _Timing, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.sent_at: collections.deque[int] = collections.deque(maxlen=100)
-        self.arrived_at: collections.deque[int] = collections.deque(maxlen=100)
-        self._stamps: collections.deque[tuple[list[int], list[int]] | None] = collections.deque()
-        self._latencies = latencies
-        self._arrival_latencies = arrival_latencies
+        self._timing = timing
 
-    def _send(self, event: dict[str, Any]) -> None:
-        self._stamps.append(None)
-        super()._send(event)
-
-    def _done(self, sent: list[int], arrived: list[int]) -> None:
-        now, wall = _clock_us(), _wall_us()
-        self._latencies.extend(((now - at) & 0xFFFFFFFF) / 1e6 for at in sent)
-        self._arrival_latencies.extend(((wall - at) & 0xFFFFFFFF) / 1e6 for at in arrived)
-
-    def send_audio(self, audio: bytes) -> None:
-        # Runs for every caller frame: the timing itself is kept to a few operations, since its CPU
-        # counts in the agent's column.
-        sent_at, arrived_at = self.sent_at, self.arrived_at
-        if self._ws is None:
-            sent_at.clear()
-            arrived_at.clear()
-            return
-        outbox = self._outbox
-        queued = outbox.qsize()
-        super().send_audio(audio)
-        if len(audio) <= g711.FRAME_BYTES:  # one frame per message (the default)
-            if sent_at:
-                at = sent_at.popleft()
-                arrived = [arrived_at.popleft()] if arrived_at else []
-                if outbox.qsize() > queued:
-                    self._stamps.append(([at], arrived))  # went through the writer task: timed when written
-                else:  # written at once
-                    self._latencies.append(((_clock_us() - at) & 0xFFFFFFFF) / 1e6)
-                    if arrived:
-                        self._arrival_latencies.append(((_wall_us() - arrived[0]) & 0xFFFFFFFF) / 1e6)
-            return
-        frames = len(audio) // g711.FRAME_BYTES  # AICALL_INPUT_FRAMES: the oldest waited longest
-        sent = [sent_at.popleft() for _ in range(min(frames, len(sent_at)))]
-        arrived = [arrived_at.popleft() for _ in range(min(frames, len(arrived_at)))]
-        if outbox.qsize() > queued:
-            self._stamps.append((sent, arrived))
-        else:
-            self._done(sent, arrived)
+    def _attach(self, ws: Any) -> None:
+        super()._attach(ws)  # the writer task starts on the loop's next turn, on this queue
+        self._outbox = _TimedOutbox(self._timing, self._audio_prefix.decode("ascii"))
 
     async def _write(self, ws: Any) -> None:
         from websockets.exceptions import ConnectionClosed
 
         try:
             while True:
-                message = await self._outbox.get()
-                stamp = self._stamps.popleft() if self._stamps else None
+                outbox = self._outbox
+                message = await outbox.get()
                 self._writing = True
                 try:
                     await ws.send(message)
                 finally:
                     self._writing = False
-                if stamp is not None:
-                    self._done(*stamp)
+                if isinstance(outbox, _TimedOutbox) and message.startswith(outbox.audio_prefix) and outbox.frames:
+                    index = outbox.frames.popleft()
+                    if index < len(self._timing.done):
+                        self._timing.done[index] = time.time_ns()
         except ConnectionClosed:
             return
 
@@ -391,9 +452,7 @@ class Point:
     calls: int
     alive: int  # calls still up at the end of the measurement (all of them, unless the agent failed)
     frames_in: float  # frames each caller sent per second (50 when the callers' process kept pace)
-    inbound_p50_ms: float  # from the caller's send
-    inbound_p99_ms: float
-    arrival_p50_ms: float  # from the arrival at the agent's socket (kernel time stamp)
+    arrival_p50_ms: float  # from the arrival at the agent's socket (kernel time stamp) until written
     arrival_p99_ms: float
     outbound_p50_ms: float
     outbound_p99_ms: float
@@ -458,10 +517,9 @@ async def run_point(
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=_pin(helper_cores, realtime),
     )  # fmt: skip
     pacer = Pacer()
-    port = None if own_sockets else _TimedRtpPort()  # as the agent: every call's RTP on one socket
+    timing = _Timing()  # flat arrays: nothing per frame for the garbage collector to walk
+    port = None if own_sockets else _TimedRtpPort(timing)  # as the agent: every call's RTP on one socket
     metrics = AicallMetrics()
-    inbound = array("d")  # flat arrays: samples the garbage collector never walks
-    arrival = array("d")
     sessions: list[CallSession] = []
     tasks: list[asyncio.Task[CallRecord]] = []
     medias: list[RtpMedia] = []
@@ -471,10 +529,10 @@ async def run_point(
         config = SessionConfig("bench", "marin", law)
         for index in range(calls):
             media = _TimedRtpMedia(law, pacer, port=port, name=f"bench-{index}")
+            media.timing = timing
             await media.start()
             medias.append(media)
-            model = _TimedRealtime(inbound, arrival, url=url, model="bench", api_key="bench", config=config)
-            media.model = model
+            model = _TimedRealtime(timing, url=url, model="bench", api_key="bench", config=config)
             session = CallSession(
                 record=CallRecord(f"bench-{index}", "caller", "did"),
                 media=media,
@@ -505,8 +563,7 @@ async def run_point(
         generator.stdin.write(b"go\n")
         await generator.stdin.drain()
         await asyncio.sleep(WARM_UP_S)
-        del inbound[:]
-        del arrival[:]
+        timing.measure_from_now()
         pacer.lateness = array("d")
         pacer.passes = []
         with _Collections() as collections_:
@@ -519,15 +576,12 @@ async def run_point(
         outbound = pacer.lateness or []
         passes = pacer.passes or []
         pacer.lateness = pacer.passes = None
-        inbound_ms = [v * 1000 for v in inbound]
-        arrival_ms = [v * 1000 for v in arrival]
+        arrival_ms = timing.inbound_ms(input_frames)
         outbound_ms = [v * 1000 for v in outbound]
         return Point(
             calls=calls,
             alive=alive,
             frames_in=result["send_rate"],
-            inbound_p50_ms=_percentile(inbound_ms, 0.5),
-            inbound_p99_ms=_percentile(inbound_ms, 0.99),
             arrival_p50_ms=_percentile(arrival_ms, 0.5),
             arrival_p99_ms=_percentile(arrival_ms, 0.99),
             outbound_p50_ms=_percentile(outbound_ms, 0.5),
@@ -569,15 +623,14 @@ async def run_point(
 
 def table(points: list[Point]) -> str:
     lines = [
-        "| calls (alive) | frames in /s | in from send p50 / p99 ms | in from arrival p50 / p99 ms "
+        "| calls (alive) | frames in /s | in p50 / p99 ms "
         "| out p50 / p99 ms | clock late p50 / p99 ms | pass ms | jitter p50 / p99 ms | worst gap ms "
         "| GC pauses (longest ms) | CPU per call % | agent CPU % | host load | steal % |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in points:
         lines.append(
-            f"| {p.calls} ({p.alive}) | {p.frames_in:.1f} | {p.inbound_p50_ms:.2f} / {p.inbound_p99_ms:.2f} | "
-            f"{p.arrival_p50_ms:.2f} / {p.arrival_p99_ms:.2f} | "
+            f"| {p.calls} ({p.alive}) | {p.frames_in:.1f} | {p.arrival_p50_ms:.2f} / {p.arrival_p99_ms:.2f} | "
             f"{p.outbound_p50_ms:.2f} / {p.outbound_p99_ms:.2f} | {p.clock_p50_ms:.2f} / {p.clock_p99_ms:.2f} | "
             f"{p.pass_p50_ms:.2f} | {p.jitter_p50_ms:.2f} / {p.jitter_p99_ms:.2f} | {p.max_gap_ms:.1f} | "
             f"{p.gc_pauses} ({p.gc_longest_ms:.1f}) | "
