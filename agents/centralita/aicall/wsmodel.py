@@ -36,7 +36,7 @@ try:
 except ImportError:  # the library built without its C helper
     from websockets.utils import apply_mask
 
-from centralita.aicall import g711
+from centralita.aicall import g711, urgent
 from centralita.aicall.provider import Disconnected, ModelEvent, ModelSession, ModelUnavailable
 
 log = logging.getLogger("centralita.aicall.wsmodel")
@@ -192,6 +192,7 @@ class ModelConnection(ClientConnection):
             return
         if self._on_message is not None:
             self._on_message(data)
+            urgent.run()  # the callers' audio does not wait for the rest of a burst of messages
         else:  # no reader yet: kept for the first one
             self._held.append(data)
 
