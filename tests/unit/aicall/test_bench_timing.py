@@ -10,11 +10,13 @@ from aicall_harness import run
 from centralita.aicall import g711
 from centralita.aicall.bench import (
     SO_TIMESTAMPNS,
+    Point,
     _ancillary_bytes,
     _arrival_ns,
     _TimedOutbox,
     _TimedRtpPort,
     _Timing,
+    table,
 )
 from centralita.aicall.rtp import Pacer, RtpMedia, RtpPacket
 
@@ -112,3 +114,21 @@ def test_the_timed_port_keeps_the_kernels_arrival_of_every_datagram_it_hands_a_c
     assert unknown == 1
     assert len(latencies) == 5, "the stranger's datagram is not timed"
     assert all(0 <= value < 1000 for value in latencies), latencies
+
+
+def point(calls: int, inbound_p99: float, outbound_p99: float, clock_p99: float) -> Point:
+    return Point(
+        calls=calls, alive=calls, frames_in=50.0, arrival_p50_ms=0.1, arrival_p99_ms=inbound_p99,
+        outbound_p50_ms=0.2, outbound_p99_ms=outbound_p99, clock_p50_ms=0.03, clock_p99_ms=clock_p99,
+        pass_p50_ms=0.2, jitter_p50_ms=0.01, jitter_p99_ms=0.1, max_gap_ms=21.0, gc_pauses=8,
+        gc_longest_ms=0.5, cpu_per_call_percent=0.2, agent_cpu_percent=40.0, load_average=1.0, steal_percent=0.0,
+    )  # fmt: skip
+
+
+def test_the_table_names_the_most_calls_within_1_ms_each_way_and_the_points_the_host_stalled() -> None:
+    text = table([point(150, 0.5, 0.3, 0.08), point(200, 0.8, 0.35, 0.09), point(250, 2.0, 1.2, 0.9)])
+
+    assert "Most calls measured with p99 pacing jitter under 2 ms: 250" in text
+    assert "Most calls measured with both directions at most 1 ms at p99: 200." in text
+    assert "At 250 calls the pacer's real-time thread woke 0.5 ms late or more at p99" in text
+    assert "At 150" not in text and "At 200" not in text
