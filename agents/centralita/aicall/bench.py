@@ -268,7 +268,11 @@ class _TimedRtpPort(RtpPort):
             self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
     def _datagram_batch(self) -> DatagramBatch:
-        return DatagramBatch(self.READ_AT_ONCE, RECV_SIZE, control=self.timing.control)
+        batch = DatagramBatch(self.READ_AT_ONCE, RECV_SIZE, control=self.timing.control)
+        assert batch.controls is not None
+        self._zeros = memoryview(bytes(len(batch.controls)))  # to clear the ancillary data after each read
+        self._names = batch.sources.cast("B")  # the senders' sockaddr_in, as bytes
+        return batch
 
     def _read_batches(self, batch: DatagramBatch) -> None:
         sock = self.sock
@@ -276,9 +280,8 @@ class _TimedRtpPort(RtpPort):
             return
         fd, calls, view, size = sock.fileno(), self._sources, batch.view, batch.size
         lengths, stride, offset, sources = batch.lengths, batch.length_stride, batch.length_offset, batch.sources
-        controls, control, names = batch.controls, batch.control, batch.sources.cast("B")
+        controls, control, names, zeros = batch.controls, batch.control, self._names, self._zeros
         assert controls is not None
-        zeros = memoryview(bytes(len(controls)))
         keep_controls, keep_sources = self.timing.controls.extend, self.timing.sources.extend
         done, clock = self.timing.done.append, time.time_ns
         for _ in range(-(-self.BATCH // batch.count)):

@@ -629,7 +629,9 @@ class RtpPort:
                 self._sources.pop(key, None)
 
     def _readable(self) -> None:
-        if self._in_read:  # a call's handling ran other work that asked for an urgent read
+        # Never inside itself (an urgent read asked for by work a call's frame started): a nested read
+        # would overwrite the batch buffers the outer one is still handing out.
+        if self._in_read:
             return
         self._in_read = True
         try:
