@@ -474,6 +474,29 @@ class Point:
     agent_cpu_percent: float
     load_average: float  # the host's 1-minute load when the point ended: other work skews every timing
     steal_percent: float  # CPU time the hypervisor gave to other machines while measured (share of all CPUs)
+    # CPU ms of the same fixed work on the agent's core just before and after the point (see fixed_work_ms)
+    fixed_work_before_ms: float = float("nan")
+    fixed_work_after_ms: float = float("nan")
+
+
+FIXED_WORK_LOOP = 300_000
+
+
+def fixed_work_ms(rounds: int = 3) -> float:
+    """The CPU time (ms) one fixed piece of pure-Python work takes on this core now, the fastest of ``rounds``.
+
+    How fast the host runs the agent: on a shared host the same instructions take more time while
+    other machines use the physical core beside it, which neither load nor steal shows. Lower is
+    faster; the ratio of two figures is the ratio of the host's speeds.
+    """
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.process_time()
+        total = 0
+        for value in range(FIXED_WORK_LOOP):
+            total += value * value
+        best = min(best, time.process_time() - started)
+    return best * 1000
 
 
 def _pin(cores: set[int] | None, realtime: bool = False):
@@ -514,6 +537,8 @@ async def run_point(
         os.sched_setaffinity(0, {0})
     if realtime:
         _set_realtime(True)
+    before = fixed_work_ms()
+    point: Point | None = None
     script = {"greeting": "x", "greeting_ms": int((seconds + WARM_UP_S + 20) * 1000), "send_rate": 1.0}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(script, handle)
@@ -590,7 +615,7 @@ async def run_point(
         pacer.lateness = pacer.passes = None
         arrival_ms = timing.inbound_ms(input_frames)
         outbound_ms = [v * 1000 for v in outbound]
-        return Point(
+        point = Point(
             calls=calls,
             alive=alive,
             frames_in=result["send_rate"],
@@ -610,7 +635,9 @@ async def run_point(
             agent_cpu_percent=100 * cpu / wall,
             load_average=os.getloadavg()[0],
             steal_percent=100 * steal / jiffies if jiffies else 0.0,
+            fixed_work_before_ms=before,
         )
+        return point
     finally:
         for session in sessions:
             session.caller_hung_up()
@@ -627,6 +654,8 @@ async def run_point(
                     process.kill()
                     await process.wait()
         os.unlink(handle.name)
+        if point is not None:  # the agent's core idle again: how fast the host runs now
+            point.fixed_work_after_ms = fixed_work_ms()
         if helper_cores:
             os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
         if realtime:
@@ -637,8 +666,9 @@ def table(points: list[Point]) -> str:
     lines = [
         "| calls (alive) | frames in /s | in p50 / p99 ms "
         "| out p50 / p99 ms | clock late p50 / p99 ms | pass ms | jitter p50 / p99 ms | worst gap ms "
-        "| GC pauses (longest ms) | CPU per call % | agent CPU % | host load | steal % |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| GC pauses (longest ms) | CPU per call % | agent CPU % | host load | steal % "
+        "| fixed work ms before / after |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in points:
         lines.append(
@@ -646,7 +676,8 @@ def table(points: list[Point]) -> str:
             f"{p.outbound_p50_ms:.2f} / {p.outbound_p99_ms:.2f} | {p.clock_p50_ms:.2f} / {p.clock_p99_ms:.2f} | "
             f"{p.pass_p50_ms:.2f} | {p.jitter_p50_ms:.2f} / {p.jitter_p99_ms:.2f} | {p.max_gap_ms:.1f} | "
             f"{p.gc_pauses} ({p.gc_longest_ms:.1f}) | "
-            f"{p.cpu_per_call_percent:.2f} | {p.agent_cpu_percent:.0f} | {p.load_average:.1f} | {p.steal_percent:.1f} |"
+            f"{p.cpu_per_call_percent:.2f} | {p.agent_cpu_percent:.0f} | {p.load_average:.1f} | "
+            f"{p.steal_percent:.1f} | {p.fixed_work_before_ms:.0f} / {p.fixed_work_after_ms:.0f} |"
         )
     good = [p for p in points if p.jitter_p99_ms < 2.0 and p.alive == p.calls and p.frames_in >= 49.5]
     if good:

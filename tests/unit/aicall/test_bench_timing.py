@@ -16,6 +16,7 @@ from centralita.aicall.bench import (
     _TimedOutbox,
     _TimedRtpPort,
     _Timing,
+    fixed_work_ms,
     table,
 )
 from centralita.aicall.rtp import Pacer, RtpMedia, RtpPacket
@@ -132,3 +133,13 @@ def test_the_table_names_the_most_calls_within_1_ms_each_way_and_the_points_the_
     assert "Most calls measured with both directions at most 1 ms at p99: 200." in text
     assert "At 250 calls the pacer's real-time thread woke 0.5 ms late or more at p99" in text
     assert "At 150" not in text and "At 200" not in text
+
+
+def test_each_point_says_how_fast_the_host_ran_a_fixed_piece_of_work_before_and_after_it() -> None:
+    sample = point(200, 0.8, 0.35, 0.09)
+    sample.fixed_work_before_ms, sample.fixed_work_after_ms = 14.2, 21.7
+
+    row = table([sample]).splitlines()[2]
+
+    assert row.endswith("| 14 / 22 |"), row
+    assert 0 < fixed_work_ms(rounds=1) < 10_000
