@@ -21,13 +21,25 @@ AudioHandler = Callable[[bytes], None]
 StartHandler = Callable[[str, float], None]
 
 
+@dataclass(frozen=True)
+class Cut:
+    """One reply that lost audio when playout stopped: what of it the caller heard, what was dropped."""
+
+    item_id: str
+    played_ms: int
+    dropped_ms: int
+
+
 @dataclass
 class Played:
-    """What the caller heard of one reply when playout stopped."""
+    """What the caller heard of the reply playing when playout stopped (``item_id``), and every
+    reply that lost audio then (``cuts``, in playing order: the one playing, then those queued
+    behind it, which a barge-in drops unheard)."""
 
     item_id: str | None
     played_ms: int
     dropped_ms: int
+    cuts: tuple[Cut, ...] = ()
 
 
 @dataclass
@@ -94,10 +106,18 @@ class Playout:
         with self._lock:
             dropped = self.queued_bytes
             item = self.chunks[0].item_id if self.chunks else self.current
+            lost: dict[str, int] = {}  # bytes dropped per reply, in queue order
+            for chunk in self.chunks:
+                lost[chunk.item_id] = lost.get(chunk.item_id, 0) + len(chunk.data) - chunk.offset
             self.chunks.clear()
             self.queued_bytes = 0
             played = self.played_bytes.get(item, 0) if item else 0
-        return Played(item, g711.duration_ms(played), g711.duration_ms(dropped))
+            cuts = tuple(
+                Cut(lost_item, g711.duration_ms(self.played_bytes.get(lost_item, 0)), g711.duration_ms(size))
+                for lost_item, size in lost.items()
+                if size > 0
+            )
+        return Played(item, g711.duration_ms(played), g711.duration_ms(dropped), cuts)
 
     def played_ms(self, item_id: str) -> int:
         return g711.duration_ms(self.played_bytes.get(item_id, 0))

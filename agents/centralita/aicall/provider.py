@@ -108,6 +108,7 @@ class ResponseDone:
 class ModelError:
     code: str
     message: str
+    fatal: bool = False  # the service will not serve this session (its settings were refused)
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,8 @@ def open_model_session(settings: AicallSettings, config: SessionConfig, *, name:
             api_key=settings.openai_api_key,
             config=config,
             connect_timeout=settings.connect_timeout_seconds,
+            ping_interval=settings.keepalive_seconds,
+            ping_timeout=settings.keepalive_seconds,
             name=name,
         )
     from centralita.aicall.realtime import RealtimeSession
@@ -209,5 +212,7 @@ def open_model_session(settings: AicallSettings, config: SessionConfig, *, name:
         api_key=settings.openai_api_key,
         config=config,
         connect_timeout=settings.connect_timeout_seconds,
+        ping_interval=settings.keepalive_seconds,
+        ping_timeout=settings.keepalive_seconds,
         name=name,
     )

@@ -40,6 +40,8 @@ PROGRESS_TAG = {"centralita": "progress"}
 # Errors that describe a race the client cannot avoid (the reply ended on its own
 # just before our cancel or truncate arrived); they change nothing for the call.
 HARMLESS_ERRORS = frozenset({"response_cancel_not_active"})
+# a response.create while the conversation's response is in progress: asked again once it is done
+ACTIVE_RESPONSE_ERROR = "conversation_already_has_active_response"
 # Events the call never acts on, recognised before parsing when "type" is the first key (as the server
 # and the stand-in write it, with or without a space): about half of a reply's messages, each a JSON
 # parse saved. Any other layout is parsed and ignored as before.
@@ -130,6 +132,7 @@ class RealtimeSession(WebsocketModelSession):
         self.config = config
         self._progress: set[str] = set()
         self._function_calls: dict[str, list[str]] = {}
+        self._configured = False  # the server confirmed this socket's session.update
 
     def _endpoint(self) -> str:
         parts = urlsplit(self.url)
@@ -140,6 +143,7 @@ class RealtimeSession(WebsocketModelSession):
         await self.close()
         ws = await self._open(self._endpoint(), ModelConnection)
         self._reset_audio()
+        self._configured = False
         self._attach(ws)
         self._send(session_update(self.config))
         for event in history_items(history or []):
@@ -205,8 +209,9 @@ class RealtimeSession(WebsocketModelSession):
                 return
             try:
                 parsed = self._parse(event)
-            except Exception as exc:  # a malformed event: raised where the call reads it, as before
-                inbox.put(exc)
+            except Exception as exc:  # a malformed event (a field missing or of another type): skipped
+                kind = event.get("type") if isinstance(event, dict) else type(event).__name__
+                log.warning("realtime %s: skipped a malformed %s event (%r): %.200r", self.name, kind, exc, data)
                 return
             if parsed is None:
                 return
@@ -247,9 +252,16 @@ class RealtimeSession(WebsocketModelSession):
             return FunctionCall(event["call_id"], event["name"], event.get("arguments", ""), event["response_id"])
         if kind == "response.done":
             return self._response_done(event.get("response") or {})
+        if kind == "session.updated":
+            self._configured = True
+            return None
         if kind == "error":
             error = event.get("error") or {}
-            return ModelError(str(error.get("code") or error.get("type") or "error"), str(error.get("message", "")))
+            code = str(error.get("code") or error.get("type") or "error")
+            # refused before the session took its settings (audio format, voice, tools): the socket would
+            # carry another format than the call's, so the call cannot go on with it
+            fatal = not self._configured and code not in HARMLESS_ERRORS
+            return ModelError(code, str(error.get("message", "")), fatal)
         return None
 
     def _response_done(self, response: dict[str, Any]) -> ResponseDone:
@@ -264,7 +276,7 @@ class RealtimeSession(WebsocketModelSession):
         return ResponseDone(
             response_id,
             response.get("status", ""),
-            details.get("reason"),
+            details.get("reason") or (details.get("error") or {}).get("code"),  # a failed response's error
             response.get("usage") or {},
             progress,
             tuple(calls),

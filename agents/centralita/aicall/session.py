@@ -43,7 +43,7 @@ from centralita.aicall.provider import (
     SpeechStopped,
     Transcript,
 )
-from centralita.aicall.realtime import HARMLESS_ERRORS
+from centralita.aicall.realtime import ACTIVE_RESPONSE_ERROR, HARMLESS_ERRORS
 from centralita.aicall.record import CallRecord, TranscriptLine, TurnRecord, UsageRecord, heard_text
 from centralita.aicall.tools.base import Tool, ToolBox, ToolOutcome
 
@@ -148,8 +148,15 @@ class CallSession:
         self._active_response: str | None = None
         self._turn: TurnRecord | None = None
         self._turn_started = 0.0
-        self._pending_action: tuple[str, str | None] | None = None
-        self._action_spoken = False
+        self._requested: dict[str, tuple[str, str | None]] = {}  # call id -> the transfer or hang-up it asks for
+        self._pending_action: tuple[str, str | None] | None = None  # decided: done after the farewell is heard
+        self._action_spoken = False  # the farewell's response was asked for
+        self._farewell: str | None = None  # that response's id, once it started
+        self._action_task: asyncio.Task[None] | None = None
+        self._action_committed = False  # the farewell was heard: the transfer or hang-up is on its way
+        self._respond_when_idle = False  # a response.create waits for the conversation's response in progress
+        self._failed_responses = 0  # conversation responses failed in a row
+        self._greeting_pending = False  # the greeting was asked for and none of its audio has come
         self._reconnecting = False
         self._history: list[tuple[str, HistoryLine]] = []  # (item id, what was said) for a reconnection
         self._cue_ids = itertools.count(1)
@@ -198,17 +205,23 @@ class CallSession:
         self.media.on_item_start(self._item_started)
         self.model.on_audio_out(self._audio_out)
         try:
+            # the caller is answered already: while the model's socket opens, the cue breaks the silence
+            self._spawn(self._fill_silence(), "cue")
+            self._begin_waiting("connect")
             try:
                 await asyncio.wait_for(self.model.connect(), self.policy.connect_timeout)
             except (ModelUnavailable, TimeoutError) as exc:
+                self._waiting.discard("connect")
                 log.error("call %s: model unavailable: %s", self.name, exc)
                 self.metrics.realtime_errors.inc(code="connect_failed")
                 await self._fallback("model_unavailable")
             else:
+                self._waiting.discard("connect")
                 if self.policy.greet:
+                    self._greeting_pending = True
+                    self._begin_waiting("greeting")  # until its first audio: the cue covers a slow start
                     await self.model.respond()
                 self._spawn(self._conversation(), "conversation")
-                self._spawn(self._fill_silence(), "cue")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._end.wait(), self.policy.max_call_seconds)
                 if not self._end.is_set():
@@ -317,6 +330,8 @@ class CallSession:
         """Reply audio: queued for the caller (from the conversation task, or from the model's reader)."""
         if event.item_id in self._cancelled_items:
             return
+        if self._greeting_pending:
+            self._greeting_over()
         self._item_response.setdefault(event.item_id, event.response_id)
         self._item_audio[event.item_id] = self._item_audio.get(event.item_id, 0) + len(event.audio)
         self.media.play(event.audio, event.item_id)
@@ -339,6 +354,8 @@ class CallSession:
                 self._progress_responses.add(event.response_id)
             else:
                 self._active_response = event.response_id
+                if self._action_spoken and self._farewell is None:
+                    self._farewell = event.response_id
         elif isinstance(event, FunctionCall):
             self._start_tool(event)
         elif isinstance(event, ResponseDone):
@@ -347,6 +364,10 @@ class CallSession:
             self.metrics.realtime_errors.inc(code=event.code)
             if event.code not in HARMLESS_ERRORS:
                 log.warning("call %s: model error %s: %s", self.name, event.code, event.message)
+            if event.code == ACTIVE_RESPONSE_ERROR:
+                self._respond_when_idle = True  # refused while a reply was going: asked again when it is done
+            elif event.fatal and not self._end.is_set():
+                self._spawn(self._model_refused(event), "refused")
         elif isinstance(event, Disconnected):
             if not self._end.is_set():
                 log.warning("call %s: model socket dropped: %s", self.name, event.reason)
@@ -373,26 +394,50 @@ class CallSession:
             self.metrics.first_audio.observe(latency)
 
     def _barge_in(self) -> None:
+        """The caller talks over the assistant: every queued reply is dropped, and each one that lost
+        audio is truncated at what was played (the one playing, and any queued behind it unheard)."""
         played = self.media.flush()
-        item = played.item_id
-        if item is None or item.startswith(CUE_PREFIX):
+        items: dict[str, tuple[int, int]] = {}  # item -> (ms played, ms dropped), in playing order
+        if played.item_id is not None:
+            items[played.item_id] = (played.played_ms, 0 if played.cuts else played.dropped_ms)
+        for cut in played.cuts:
+            items[cut.item_id] = (cut.played_ms, cut.dropped_ms)
+        interrupted = False
+        for item, (played_ms, dropped_ms) in items.items():
+            if item.startswith(CUE_PREFIX):
+                continue
+            response = self._item_response.get(item)
+            if response in self._progress_responses:
+                if dropped_ms > 0:
+                    self._cancelled_items.add(item)  # the rest of the phrase must not follow the caller's words
+                continue  # out-of-band phrases are not in the conversation: nothing to truncate
+            still_going = response is not None and response == self._active_response
+            if dropped_ms <= 0 and not still_going:
+                continue  # the reply had been heard in full
+            self._cancelled_items.add(item)
+            if not interrupted and self.record.turns:
+                self.record.turns[-1].interrupted = True
+                self.record.turns[-1].played_ms = played_ms
+            interrupted = True
+            self._cut_transcript(item, played_ms)
+            log.info("call %s: barge-in, %s heard %d ms, dropped %d ms", self.name, item, played_ms, dropped_ms)
+            self._spawn(self.model.truncate(item, played_ms), "truncate")
+        if interrupted:
+            self.metrics.barge_ins.inc()
+            self._farewell_interrupted()
+
+    def _farewell_interrupted(self) -> None:
+        """The caller spoke over the farewell before it was heard: the transfer or hang-up waits for the
+        model's next decision (it hears what the caller said) instead of following a later reply."""
+        if self._pending_action is None or self._action_committed:
             return
-        response = self._item_response.get(item)
-        if response in self._progress_responses:
-            return  # out-of-band phrases are not in the conversation: nothing to truncate
-        still_going = response is not None and response == self._active_response
-        if played.dropped_ms <= 0 and not still_going:
-            return  # the reply had been heard in full
-        self._cancelled_items.add(item)
-        self.metrics.barge_ins.inc()
-        if self.record.turns:
-            self.record.turns[-1].interrupted = True
-            self.record.turns[-1].played_ms = played.played_ms
-        self._cut_transcript(item, played.played_ms)
-        log.info(
-            "call %s: barge-in, %s heard %d ms, dropped %d ms", self.name, item, played.played_ms, played.dropped_ms
-        )
-        self._spawn(self.model.truncate(item, played.played_ms), "truncate")
+        log.info("call %s: the caller spoke over the farewell: %s not done", self.name, self._pending_action[0])
+        self._pending_action = None
+        self._action_spoken = False
+        self._farewell = None
+        task, self._action_task = self._action_task, None
+        if task is not None and not task.done():
+            task.cancel()
 
     def _cut_transcript(self, item: str, played_ms: int) -> None:
         """Keep of an interrupted reply only what the caller heard, as the model's truncated memory does.
@@ -426,9 +471,9 @@ class CallSession:
     def _start_tool(self, call: FunctionCall) -> None:
         self._calls_of.setdefault(call.response_id, []).append((call.call_id, call.name))
         if call.name == TRANSFER_TOOL and self.policy.transfer_target:
-            self._pending_action = ("transfer", self.policy.transfer_target)
+            self._requested[call.call_id] = ("transfer", self.policy.transfer_target)
         elif call.name == END_TOOL:
-            self._pending_action = ("hangup", None)
+            self._requested[call.call_id] = ("hangup", None)
         task = asyncio.get_running_loop().create_task(
             self.tools.run(call.name, call.arguments), name=f"tool-{call.name}-{self.name}"
         )
@@ -452,23 +497,70 @@ class CallSession:
             self.record.usage.append(UsageRecord(event.response_id, time.time(), event.usage))
         if event.progress:
             return
-        if self._active_response == event.response_id:
+        if self._greeting_pending:
+            self._greeting_over()
+        was_active = self._active_response == event.response_id
+        if was_active:
             self._active_response = None
+        if event.status == "failed":
+            self._response_failed(event)
+        else:
+            self._failed_responses = 0
+        completed = event.status == "completed"
         calls = self._calls_of.pop(event.response_id, [])
         if calls:
-            self._spawn(self._submit(calls), "submit")
-        elif self._pending_action is not None and self._action_spoken and event.status == "completed":
-            action, self._pending_action = self._pending_action, None
-            self._spawn(self._act(action), "action")
+            self._spawn(self._submit(calls, completed), "submit")
+        elif self._pending_action is not None and self._action_spoken and event.response_id == self._farewell:
+            self._farewell = None
+            if completed:  # still pending while the farewell plays: the caller may speak over it
+                self._action_task = self._spawn(self._act(self._pending_action), "action")
+            else:  # the farewell was cut off: the model decides again with what the caller says
+                action = self._pending_action[0]
+                log.info("call %s: the farewell ended %s: %s not done", self.name, event.status, action)
+                self._pending_action = None
+                self._action_spoken = False
+        if self._respond_when_idle and self._active_response is None and not self._end.is_set():
+            self._respond_when_idle = False
+            self._ask_reply()
 
-    async def _submit(self, calls: list[tuple[str, str]]) -> None:
+    def _response_failed(self, event: ResponseDone) -> None:
+        """A reply the service could not make (quota, rate limit, server error): asked again once; a second
+        failure in a row, or a failed greeting, means the model cannot serve this call."""
+        self._failed_responses += 1
+        self.metrics.realtime_errors.inc(code=f"response_failed:{event.reason or 'unknown'}")
+        log.warning("call %s: response %s failed: %s", self.name, event.response_id, event.reason or "no reason given")
+        if self._end.is_set():
+            return
+        if self._failed_responses >= 2 or not self.record.turns:
+            failure = ModelError(event.reason or "response_failed", "the response failed")
+            self._spawn(self._model_refused(failure), "refused")
+        else:
+            self._spawn(self.model.respond(), "respond")
+
+    def _greeting_over(self) -> None:
+        self._greeting_pending = False
+        self._waiting.discard("greeting")
+
+    async def _model_refused(self, error: ModelError) -> None:
+        """The service refuses to serve the call (its session settings, quota): the caller hears the
+        apology and a person, as when it cannot be reached, not silence."""
+        log.error("call %s: the model cannot serve the call: %s %s", self.name, error.code, error.message)
+        self._waiting.clear()
+        await self.model.close()
+        self.media.flush()
+        await self._fallback("model_unavailable")
+
+    async def _submit(self, calls: list[tuple[str, str]], completed: bool = True) -> None:
         """After the function call's response is done: every output, then one new response.
 
         A call abandoned meanwhile (the model socket dropped) was recorded then, and the new
-        session never asked for it: it is neither recorded again nor answered.
+        session never asked for it: it is neither recorded again nor answered. A transfer or
+        hang-up is decided only by a call whose response completed and whose tool said ok (a
+        cancelled response's call may carry cut arguments); it is done after the farewell.
         """
         submitted = False
         for call_id, name in calls:
+            requested = self._requested.pop(call_id, None)
             task = self._tool_tasks.get(call_id)
             if task is None:
                 continue
@@ -487,11 +579,22 @@ class CallSession:
             log.info("call %s: tool %s %s in %.2f s", self.name, name, outcome.outcome, outcome.duration)
             await self.model.tool_result(call_id, outcome.output)
             submitted = True
+            if requested is not None and completed and outcome.outcome == "ok":
+                self._pending_action = requested
         if not submitted:
             return
+        if self._active_response is not None:
+            # the server answers the caller's new words meanwhile: a second response would be refused
+            self._respond_when_idle = True
+            return
+        self._ask_reply()
+
+    def _ask_reply(self) -> None:
+        """A new response: the answer to the tool outputs (the farewell, when a transfer or hang-up waits)."""
         if self._pending_action is not None:
             self._action_spoken = True
-        await self.model.respond()
+            self._farewell = None
+        self._spawn(self.model.respond(), "respond")
 
     def _abandon_tools(self, why: str) -> None:
         """Every tool call whose output the model will never get is recorded: its result, or cancelled."""
@@ -508,6 +611,7 @@ class CallSession:
                 outcome = ToolOutcome(
                     call.name, arguments, {"error": why}, "cancelled", started_wall, time.monotonic() - started
                 )
+            self._requested.pop(call_id, None)
             self.record.tools.append(outcome)
             self.metrics.tool_seconds.observe(outcome.duration, tool=call.name, outcome=outcome.outcome)
             took = outcome.duration
@@ -521,6 +625,8 @@ class CallSession:
         while self.media.queued_ms > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 - polled at the frame clock
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.1)  # the last frames are in flight toward the caller
+        self._action_committed = True  # from here a barge-in no longer stops it
+        self._pending_action = None
         kind, target = action
         if kind == "transfer" and target:
             await self._transfer(target, "transferred")

@@ -90,8 +90,16 @@ class AicallSettings(DbSettings):
     vad_silence_ms: int = setting("AICALL_VAD_SILENCE_MS", default=500, minimum=100, maximum=5000)
     vad_idle_timeout_ms: int = setting("AICALL_VAD_IDLE_TIMEOUT_MS", default=0, minimum=0, maximum=60000)
     vad_eagerness: str = setting("AICALL_VAD_EAGERNESS", default="auto", choices=("low", "medium", "high", "auto"))
-    max_output_tokens: int = setting("AICALL_MAX_OUTPUT_TOKENS", default=0, minimum=0)
+    # 0: no limit ("inf"); the service takes 1 to 4096
+    max_output_tokens: int = setting("AICALL_MAX_OUTPUT_TOKENS", default=0, minimum=0, maximum=4096)
     connect_timeout_seconds: float = setting("AICALL_CONNECT_TIMEOUT_SECONDS", default=5.0, minimum=0.5, maximum=30)
+    keepalive_seconds: float = setting(
+        "AICALL_KEEPALIVE_SECONDS",
+        default=3.0,
+        minimum=1,
+        maximum=30,
+        help="model socket: a ping this often, lost when its pong is this late (a silent drop found within twice this)",
+    )
     reconnect_window_seconds: float = setting(
         "AICALL_RECONNECT_WINDOW_SECONDS", default=5.0, minimum=0.5, maximum=30, help="time allowed to restore a drop"
     )

@@ -23,7 +23,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from centralita.aicall import g711
-from centralita.aicall.media import MediaPath, Played
+from centralita.aicall.media import Cut, MediaPath, Played
 
 log = logging.getLogger("centralita.aicall.wsmedia")
 
@@ -162,7 +162,20 @@ class WebsocketMedia(MediaPath):
             self._flush_pending = True
             self._wake.set()
         played = g711.duration_ms(self._confirmed.get(item, 0)) if item else 0
-        return Played(item, played, queued.dropped_ms + g711.duration_ms(unplayed))
+        # every reply that lost audio: sent to Asterisk but not reported played (when the flush dropped
+        # Asterisk's queue), or still queued here
+        lost: dict[str, int] = {}
+        if unplayed > 0:
+            for sent_item, sent in self._sent.items():
+                if sent_item != SILENCE_ITEM and sent > self._confirmed.get(sent_item, 0):
+                    lost[sent_item] = sent - self._confirmed.get(sent_item, 0)
+        for cut in queued.cuts:
+            lost[cut.item_id] = lost.get(cut.item_id, 0) + cut.dropped_ms * g711.SAMPLE_RATE // 1000
+        cuts = tuple(
+            Cut(lost_item, g711.duration_ms(self._confirmed.get(lost_item, 0)), g711.duration_ms(size))
+            for lost_item, size in lost.items()
+        )
+        return Played(item, played, queued.dropped_ms + g711.duration_ms(unplayed), cuts)
 
     def played_ms(self, item_id: str) -> int:
         return g711.duration_ms(self._confirmed.get(item_id, 0))

@@ -536,6 +536,17 @@ class _Connection:
                 "invalid_request_error", "invalid_value", "session.type must be 'realtime'", param="session.type"
             )
             return
+        tokens = update.get("max_output_tokens", "inf")
+        if tokens != "inf" and (isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= 4096):
+            # as the service: an integer from 1 to 4096, or "inf"; the whole update is refused
+            await self.error(
+                "invalid_request_error",
+                "invalid_value",
+                f"Invalid 'session.max_output_tokens': an integer from 1 to 4096 or 'inf', not {tokens!r}.",
+                event.get("event_id"),
+                param="session.max_output_tokens",
+            )
+            return
         for key, value in update.items():
             if key == "audio":
                 for side in ("input", "output"):

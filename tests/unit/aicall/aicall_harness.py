@@ -16,11 +16,13 @@ import itertools
 import socket
 import struct
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from centralita.aicall import g711
+from centralita.aicall.media import MediaPath, Played
+from centralita.aicall.provider import HistoryLine, ModelEvent, ModelSession
 from centralita.aicall.rtp import PAYLOAD_TYPES, RtpPacket
 from openai.types.realtime.realtime_client_event import RealtimeClientEvent
 from openai.types.realtime.realtime_server_event import RealtimeServerEvent
@@ -163,3 +165,69 @@ class RecordingControl:
 
     async def play_apology(self) -> None:
         self.actions.append(("apology", None))
+
+
+class ScriptedModel(ModelSession):
+    """A model whose events the test pushes; it records what the session asks of it."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[ModelEvent | None] = asyncio.Queue()
+        self.truncations: list[tuple[str, int]] = []
+        self.histories: list[list[HistoryLine]] = []
+        self.responses: list[str | None] = []  # the instructions of each response.create
+        self.outputs: list[tuple[str, str]] = []
+        self.closed = 0
+        self.connect_delay = 0.0
+        self.refuse: Exception | None = None  # raised by connect after the delay
+
+    async def connect(self, history: list[HistoryLine] | None = None) -> None:
+        await asyncio.sleep(self.connect_delay)
+        if self.refuse is not None:
+            raise self.refuse
+        self.histories.append(list(history or []))
+
+    def send_audio(self, audio: bytes) -> None:
+        return None
+
+    async def events(self) -> AsyncIterator[ModelEvent]:
+        while (event := await self.queue.get()) is not None:
+            yield event
+
+    async def respond(self, instructions: str | None = None) -> None:
+        self.responses.append(instructions)
+
+    async def say_progress(self, instructions: str) -> None:
+        return None
+
+    async def tool_result(self, call_id: str, output: str) -> None:
+        self.outputs.append((call_id, output))
+
+    async def truncate(self, item_id: str, audio_end_ms: int) -> None:
+        self.truncations.append((item_id, audio_end_ms))
+
+    async def cancel(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+class ManualMedia(MediaPath):
+    """A media path whose frames leave when the test says so."""
+
+    kind = "manual"
+
+    async def start(self) -> None:
+        return None
+
+    def send_frames(self, count: int) -> None:
+        for _ in range(count):
+            taken = self.playout.take()
+            if taken is not None:
+                self._mark_start(taken[1])
+
+    def flush(self) -> Played:
+        return self.playout.clear()
+
+    async def close(self) -> None:
+        return None

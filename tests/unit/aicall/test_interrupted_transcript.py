@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aicall_harness import RecordingControl, run
+from aicall_harness import ManualMedia, RecordingControl, ScriptedModel, run
 from centralita.aicall import g711
-from centralita.aicall.media import MediaPath, Played
 from centralita.aicall.metrics import AicallMetrics
 from centralita.aicall.provider import (
     AudioOut,
-    HistoryLine,
-    ModelEvent,
-    ModelSession,
     ResponseStarted,
     SpeechStarted,
     SpeechStopped,
@@ -41,64 +36,6 @@ REPLY = "Le explico con calma todos los pasos que vamos a seguir hoy."
 )
 def test_heard_text_keeps_the_words_spoken_within_the_played_share(played_ms: int, audio_ms: int, heard: str) -> None:
     assert heard_text(REPLY, played_ms, audio_ms) == heard
-
-
-class ScriptedModel(ModelSession):
-    """A model whose events the test pushes; it records what the session asks of it."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[ModelEvent | None] = asyncio.Queue()
-        self.truncations: list[tuple[str, int]] = []
-        self.histories: list[list[HistoryLine]] = []
-
-    async def connect(self, history: list[HistoryLine] | None = None) -> None:
-        self.histories.append(list(history or []))
-
-    def send_audio(self, audio: bytes) -> None:
-        return None
-
-    async def events(self) -> AsyncIterator[ModelEvent]:
-        while (event := await self.queue.get()) is not None:
-            yield event
-
-    async def respond(self, instructions: str | None = None) -> None:
-        return None
-
-    async def say_progress(self, instructions: str) -> None:
-        return None
-
-    async def tool_result(self, call_id: str, output: str) -> None:
-        return None
-
-    async def truncate(self, item_id: str, audio_end_ms: int) -> None:
-        self.truncations.append((item_id, audio_end_ms))
-
-    async def cancel(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-
-class ManualMedia(MediaPath):
-    """A media path whose frames leave when the test says so."""
-
-    kind = "manual"
-
-    async def start(self) -> None:
-        return None
-
-    def send_frames(self, count: int) -> None:
-        for _ in range(count):
-            taken = self.playout.take()
-            if taken is not None:
-                self._mark_start(taken[1])
-
-    def flush(self) -> Played:
-        return self.playout.clear()
-
-    async def close(self) -> None:
-        return None
 
 
 async def _interrupted_call(transcript_first: bool) -> tuple[CallRecord, ScriptedModel, list[str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from aicall_harness import CLIENT_EVENTS, run
 from centralita.aicall import g711
 from centralita.aicall.provider import (
     AudioOut,
+    Disconnected,
     FunctionCall,
     HistoryLine,
     ModelError,
@@ -143,6 +145,27 @@ def test_a_tool_output_sent_before_response_done_is_refused_like_the_real_servic
             return errors
 
     assert run(scenario())[0].code == "invalid_tool_call_id"
+    assert not run(scenario())[0].fatal, "refused after the session took its settings: the call goes on"
+
+
+def test_a_session_update_the_service_refuses_reads_as_a_fatal_error() -> None:
+    config = dataclasses.replace(CONFIG, max_output_tokens=5000)  # the service takes 1 to 4096
+
+    async def scenario() -> list[ModelError]:
+        async with FakeRealtime(Script()) as fake:
+            model = RealtimeSession(url=fake.url, model="m", api_key="k", config=config)
+            await model.connect()
+            errors = []
+            async for event in model.events():
+                if isinstance(event, ModelError):
+                    errors.append(event)
+                    break
+            await model.close()
+            return errors
+
+    (error,) = run(scenario())
+    assert error.code == "invalid_value" and "max_output_tokens" in error.message
+    assert error.fatal, "the socket keeps the service's default audio format: the call cannot use it"
 
 
 def test_truncating_past_the_audio_that_exists_is_an_error_and_within_it_is_accepted() -> None:
@@ -318,34 +341,32 @@ def test_a_close_with_an_error_code_reads_as_a_lost_connection_with_its_code() -
     assert event.reason.startswith("connection lost (") and "1011" in event.reason
 
 
-def test_a_malformed_event_is_raised_where_the_call_reads_it_after_the_events_before_it() -> None:
+def test_a_malformed_event_is_skipped_and_the_events_around_it_still_reach_the_call() -> None:
     messages = [
         json.dumps({"type": "input_audio_buffer.speech_started", "item_id": "u"}),
         json.dumps({"type": "response.output_audio.delta"}),  # no item_id: the parser fails
+        json.dumps(["not", "an", "object"]),
+        json.dumps({"type": "input_audio_buffer.speech_started", "item_id": "v", "audio_start_ms": 80}),
     ]
 
-    async def scenario() -> tuple[list[object], BaseException | None]:
+    async def scenario() -> list[object]:
         server = await _serve_then(messages)
         port = server.sockets[0].getsockname()[1]
         seen: list[object] = []
-        failure = None
         try:
             model = RealtimeSession(url=f"ws://127.0.0.1:{port}", model="m", api_key="k", config=CONFIG)
             await model.connect()
-            try:
-                async for event in model.events():
-                    seen.append(event)
-            except KeyError as exc:
-                failure = exc
+            async for event in model.events():
+                seen.append(event)
             await model.close()
-            return seen, failure
+            return seen
         finally:
             server.close()
             await server.wait_closed()
 
-    seen, failure = run(scenario())
-    assert seen == [SpeechStarted("u", 0)]
-    assert isinstance(failure, KeyError)
+    seen = run(scenario())
+    assert seen[:2] == [SpeechStarted("u", 0), SpeechStarted("v", 80)]
+    assert len(seen) == 3 and isinstance(seen[2], Disconnected)
 
 
 def test_reply_audio_goes_straight_to_the_call_only_while_its_reader_waits_and_the_order_holds() -> None:

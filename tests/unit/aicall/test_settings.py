@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from centralita.aicall.agent import build_tools, session_config
+from centralita.aicall.provider import open_model_session
 from centralita.aicall.settings import AicallSettings
 from centralita.config import ConfigError, describe, load_settings
 
@@ -19,6 +20,8 @@ def test_defaults_give_rtp_ulaw_and_the_ga_realtime_endpoint() -> None:
     tools = build_tools(load_settings(AicallSettings, environ={**BASE, "AICALL_TRANSFER_EXTENSION": "none"}))
     assert [t.name for t in tools.specs] == ["end_call"]
     assert session_config(settings, tools).law == "ulaw"
+    model = open_model_session(settings, session_config(settings, tools))
+    assert (model.ping_interval, model.ping_timeout) == (3.0, 3.0), "a silent drop is found within 6 s"
 
 
 def test_the_seed_mikrotik_api_mode_enables_the_network_tools() -> None:
@@ -47,6 +50,8 @@ def test_routers_are_listed_by_name_with_shared_credentials() -> None:
         ({"ENABLE_MIKROTIK_TOOLS": "true"}, "ENABLE_MIKROTIK_TOOLS: expected MIKROTIK_API_URL or MIKROTIK_ROUTERS"),
         ({"MIKROTIK_ROUTERS": "10.0.0.1"}, "MIKROTIK_ROUTERS: expected a comma-separated list of name=https://"),
         ({"AICALL_RTP_PORT_MIN": "40000"}, "AICALL_RTP_PORT_MIN/MAX"),
+        ({"AICALL_MAX_OUTPUT_TOKENS": "5000"}, "AICALL_MAX_OUTPUT_TOKENS: expected a value <= 4096"),
+        ({"AICALL_KEEPALIVE_SECONDS": "0.2"}, "AICALL_KEEPALIVE_SECONDS: expected a value >= 1"),
     ],
 )
 def test_bad_values_name_the_variable_and_what_was_expected(extra: dict, message: str) -> None:

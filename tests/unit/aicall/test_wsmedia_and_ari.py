@@ -41,6 +41,7 @@ def test_websocket_media_marks_flushes_in_order_and_reports_what_was_played() ->
             media.on_audio(heard.append)
             await media.start()
             media.play(g711.tone(2000, "ulaw"), "item_1")
+            media.play(g711.tone(600, "ulaw"), "item_2")  # a second reply queued behind the first
             await asyncio.sleep(0.3)
             played = media.flush()
             await asyncio.sleep(0.2)
@@ -56,7 +57,10 @@ def test_websocket_media_marks_flushes_in_order_and_reports_what_was_played() ->
     assert all((isinstance(f, str) and f.startswith("MARK_MEDIA correlation_id:silence")) or not isinstance(f, str)
                for f in frames[flush_at + 1 :] if f != "FLUSH_MEDIA"), "only silence follows the flush"  # fmt: skip
     assert played.item_id == "item_1" and played.played_ms == 300  # three acknowledged 100 ms marks
-    assert played.played_ms + played.dropped_ms == 2000
+    assert played.played_ms + played.dropped_ms == 2600
+    (first, second) = played.cuts
+    assert first.item_id == "item_1" and first.played_ms == 300 and first.dropped_ms == 1700
+    assert (second.item_id, second.played_ms, second.dropped_ms) == ("item_2", 0, 600), "dropped unheard"
 
 
 def test_ari_events_reconnect_after_asterisk_goes_away_and_report_each_connection() -> None:
