@@ -130,40 +130,30 @@ def test_a_full_conversation_with_a_function_call_is_valid_both_ways(validate_se
     assert any(isinstance(e, SpeechStarted) for e in events) and any(isinstance(e, SpeechStopped) for e in events)
 
 
-def test_a_tool_output_sent_before_response_done_is_refused_like_the_real_service() -> None:
-    async def scenario() -> list:
-        async with FakeRealtime(Script()) as fake:
-            model = RealtimeSession(url=fake.url, model="m", api_key="k", config=CONFIG)
-            await model.connect()
+async def _first_error(config: SessionConfig, tool_output: bool = False) -> ModelError:
+    """The first error the stand-in answers a session with (after a tool output no call asked for, if asked)."""
+    async with FakeRealtime(Script()) as fake:
+        model = RealtimeSession(url=fake.url, model="m", api_key="k", config=config)
+        await model.connect()
+        if tool_output:
             await model.tool_result("call_unknown", "{}")
-            errors = []
+        try:
             async for event in model.events():
                 if isinstance(event, ModelError):
-                    errors.append(event)
-                    break
+                    return event
+            raise AssertionError("no error")
+        finally:
             await model.close()
-            return errors
 
-    assert run(scenario())[0].code == "invalid_tool_call_id"
-    assert not run(scenario())[0].fatal, "refused after the session took its settings: the call goes on"
+
+def test_a_tool_output_sent_before_response_done_is_refused_like_the_real_service() -> None:
+    error = run(_first_error(CONFIG, tool_output=True))
+    assert error.code == "invalid_tool_call_id"
+    assert not error.fatal, "refused after the session took its settings: the call goes on"
 
 
 def test_a_session_update_the_service_refuses_reads_as_a_fatal_error() -> None:
-    config = dataclasses.replace(CONFIG, max_output_tokens=5000)  # the service takes 1 to 4096
-
-    async def scenario() -> list[ModelError]:
-        async with FakeRealtime(Script()) as fake:
-            model = RealtimeSession(url=fake.url, model="m", api_key="k", config=config)
-            await model.connect()
-            errors = []
-            async for event in model.events():
-                if isinstance(event, ModelError):
-                    errors.append(event)
-                    break
-            await model.close()
-            return errors
-
-    (error,) = run(scenario())
+    error = run(_first_error(dataclasses.replace(CONFIG, max_output_tokens=5000)))  # the service takes 1 to 4096
     assert error.code == "invalid_value" and "max_output_tokens" in error.message
     assert error.fatal, "the socket keeps the service's default audio format: the call cannot use it"
 
