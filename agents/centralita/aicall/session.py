@@ -159,6 +159,7 @@ class CallSession:
         self._greeting_pending = False  # the greeting was asked for and none of its audio has come
         self._reconnecting = False
         self._history: list[tuple[str, HistoryLine]] = []  # (item id, what was said) for a reconnection
+        self._caller_lines: dict[str, TranscriptLine] = {}  # caller turns whose transcription has not come
         self._cue_ids = itertools.count(1)
         self._input = bytearray()
         self._idle_since = time.monotonic()
@@ -251,6 +252,8 @@ class CallSession:
             "call %s: %s media sent %d frames (%d of reply audio), worst gap between frames %.1f ms",
             self.name, self.media.kind, stats.frames, stats.audio_frames, stats.max_gap_ms,
         )  # fmt: skip
+        # a caller turn whose transcription never came (it failed, or the call ended first) has no words to keep
+        self.record.transcript = [line for line in self.record.transcript if line.text]
         self.record.end_reason = self._end_reason or "caller_hangup"
         self.record.ended_at = time.time()
         self.metrics.active_calls.dec()
@@ -306,7 +309,7 @@ class CallSession:
         try:
             while time.monotonic() < deadline:
                 remaining = deadline - time.monotonic()
-                history = [line for _, line in self._history]
+                history = [line for _, line in self._history if line.text]
                 try:
                     await asyncio.wait_for(
                         self.model.connect(history=history), min(remaining, self.policy.connect_timeout)
@@ -347,6 +350,7 @@ class CallSession:
             self._turn = TurnRecord(time.time() - (now - started))
             self._turn_started = started
             self.record.turns.append(self._turn)
+            self._hold_caller_line(event.item_id)
         elif isinstance(event, Transcript):
             self._transcript(event)
         elif isinstance(event, ResponseStarted):
@@ -449,11 +453,21 @@ class CallSession:
         for line in self.record.transcript:
             if line.item_id == item and line.role == "assistant":
                 line.text = heard_text(line.text, *self._heard[item])
-        self.record.transcript = [line for line in self.record.transcript if line.text]
+        self.record.transcript = [line for line in self.record.transcript if line.text or line.role == "caller"]
         for index, (item_id, entry) in enumerate(self._history):
             if item_id == item:
                 self._history[index] = (item_id, HistoryLine(entry.role, heard_text(entry.text, *self._heard[item])))
-        self._history = [(item_id, entry) for item_id, entry in self._history if entry.text]
+        self._history = [(item_id, entry) for item_id, entry in self._history if entry.text or entry.role == "caller"]
+
+    def _hold_caller_line(self, item_id: str) -> None:
+        """The caller's turn ended: their line takes its place now, before the reply's, and gets its words
+        when the transcription comes (the service sends it when ready, often after a short reply's)."""
+        if not item_id or item_id in self._caller_lines:
+            return
+        line = TranscriptLine("caller", "", time.time(), item_id)
+        self._caller_lines[item_id] = line
+        self.record.transcript.append(line)
+        self._history.append((item_id, HistoryLine("caller", "")))
 
     def _transcript(self, event: Transcript) -> None:
         progress = event.response_id in self._progress_responses if event.response_id else False
@@ -461,6 +475,13 @@ class CallSession:
         if event.role == "assistant" and event.item_id in self._heard:
             text = heard_text(text, *self._heard[event.item_id])
         if not text:
+            return
+        held = self._caller_lines.pop(event.item_id, None) if event.role == "caller" else None
+        if held is not None:  # its place in the conversation was kept when the caller stopped speaking
+            held.text = text
+            for index, (item_id, entry) in enumerate(self._history):
+                if item_id == event.item_id and entry.role == "caller":
+                    self._history[index] = (item_id, HistoryLine("caller", text))
             return
         self.record.transcript.append(TranscriptLine(event.role, text, time.time(), event.item_id, progress))
         if not progress:

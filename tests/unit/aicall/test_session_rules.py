@@ -18,6 +18,7 @@ from centralita.aicall.provider import (
     ResponseStarted,
     SpeechStarted,
     SpeechStopped,
+    Transcript,
 )
 from centralita.aicall.record import CallRecord
 from centralita.aicall.session import CUE_PREFIX, CallPolicy, CallSession, call_tools
@@ -303,3 +304,25 @@ def test_a_failed_reply_is_asked_again_once_and_a_second_failure_ends_in_a_perso
     asked, record = run(scenario())
     assert asked == [None]
     assert record.end_reason == "model_unavailable_transferred"
+
+
+def test_the_callers_words_keep_their_place_before_the_reply_when_their_transcription_comes_late() -> None:
+    async def scenario() -> tuple[CallRecord, list[list[str]]]:
+        call = Call()
+        await call.start()
+        await call.push(SpeechStopped("item_caller_1", 900), *reply("resp_1", "item_1", 300))
+        await call.push(Transcript("assistant", "Sí, dígame.", "item_1", "resp_1"))
+        await call.push(Transcript("caller", "¿Hola?", "item_caller_1"))  # the transcription, after the reply's
+        await call.push(SpeechStopped("item_caller_2", 3000))  # this one's transcription never comes
+        await call.push(None)  # the socket closes: the conversation is restored from what was said
+        for _ in range(200):
+            if len(call.model.histories) > 1:
+                break
+            await asyncio.sleep(0.01)
+        record = await call.finish()
+        return record, [[line.text for line in history] for history in call.model.histories]
+
+    record, histories = run(scenario())
+    lines = [(line.role, line.text) for line in record.transcript]
+    assert lines == [("caller", "¿Hola?"), ("assistant", "Sí, dígame.")], "no empty line for the lost transcription"
+    assert histories[-1] == ["¿Hola?", "Sí, dígame."], "the restored model hears the question before the answer"
