@@ -105,3 +105,18 @@ def test_records_wait_in_the_spool_while_the_database_is_away_and_are_written_la
     with db_conn.cursor() as cur:
         cur.execute("SELECT end_reason FROM aicall_calls WHERE call_uid = '1795000001.13'")
         assert cur.fetchone()["end_reason"] == "transferred"
+
+
+def test_a_record_mariadb_refuses_is_moved_aside_and_the_records_behind_it_are_written(
+    migrated_db, db_conn, tmp_path
+) -> None:
+    spool = tmp_path / "spool"
+    store = CallStore(migrated_db, spool, AicallMetrics())
+    refused = dataclasses.replace(_record("1795000001.21"), transferred_to="6" * 81)  # transferred_to is 80 long
+    for record in (refused, _record("1795000001.22"), _record("1795000001.23")):
+        store._spool(record)
+    assert asyncio.run(store.replay()) == 2
+    assert sorted(p.name for p in spool.iterdir()) == ["1795000001.21.bad"]
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT call_uid FROM aicall_calls WHERE call_uid LIKE '1795000001.2_' ORDER BY call_uid")
+        assert [row["call_uid"] for row in cur.fetchall()] == ["1795000001.22", "1795000001.23"]

@@ -5,6 +5,12 @@ to ``<spool>/<call>.json`` (written to a temporary name, then renamed, so a cras
 never leaves half a file) and a background task retries the spool until MariaDB
 answers again. Replaying a record that was in fact written is harmless: the call's
 UniqueID is unique, and a duplicate is recognised and its spool file removed.
+
+Only a lost connection keeps the spool waiting, in order. A record the database
+refuses for what it holds (too long a value, a constraint, the schema) would be
+refused forever: it is moved aside as ``<call>.bad`` with an error naming the file
+and the reason, and the records behind it go on. When even the spool cannot be
+written (a full disk, permissions), the whole record goes to the journal as JSON.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 import logging
 import os
 import statistics
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,6 +31,11 @@ from centralita.aicall.record import CallRecord
 from centralita.db import DbSettings, connect
 
 log = logging.getLogger("centralita.aicall.store")
+
+# Errors that say MariaDB could not be reached or asked for a retry (pymysql files every client-side
+# connection error, lock timeouts and deadlocks under OperationalError): the spool waits for these.
+# Any other database error is about the record itself and would come back on every try.
+WAIT_FOR_DATABASE = (pymysql.err.OperationalError, pymysql.err.InterfaceError, pymysql.err.InternalError)
 
 
 def _ts(value: float | None) -> datetime | None:
@@ -146,26 +158,64 @@ class CallStore:
         self.metrics = metrics
 
     async def save(self, record: CallRecord) -> bool:
-        """True when the record reached MariaDB; False when it waits in the spool."""
+        """True when the record reached MariaDB; False when it waits in the spool.
+
+        Cancelled (the agent stopping with the database slow), it writes the spool at once
+        before it gives way: a write that still finishes in its thread is recognised on replay.
+        """
         try:
             await asyncio.to_thread(write_record, self.settings, record)
             return True
         except pymysql.MySQLError as exc:
             log.error("call %s: database write failed (%s); keeping the record in the spool", record.call_id, exc)
-        await asyncio.to_thread(self._spool, record)
+        except asyncio.CancelledError:
+            self._keep(record)
+            raise
+        try:
+            await asyncio.to_thread(self._spool, record)
+        except OSError as exc:
+            self._log_whole(record, exc)
+            return False
+        except asyncio.CancelledError:
+            self._keep(record)
+            raise
         self.metrics.records_spooled.inc()
         return False
 
+    def _keep(self, record: CallRecord) -> None:
+        """The spool written from the event loop itself: the last thing done for a record before the agent exits."""
+        log.warning("call %s: record write cut short; writing it to the spool now", record.call_id)
+        try:
+            self._spool(record)
+        except OSError as exc:
+            self._log_whole(record, exc)
+        else:
+            self.metrics.records_spooled.inc()
+
+    @staticmethod
+    def _log_whole(record: CallRecord, exc: OSError) -> None:
+        """The last resort when the spool cannot be written: the whole record, as JSON, in the journal."""
+        log.error(
+            "call %s: the record could not be spooled either (%s); the record follows as JSON: %s",
+            record.call_id,
+            exc,
+            json.dumps(record.to_json(), ensure_ascii=False),
+        )
+
     def _spool(self, record: CallRecord) -> None:
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in record.call_id)
-        final = self.spool_dir / f"{safe}.json"
-        temp = final.with_suffix(".tmp")
-        with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(record.to_json(), handle, ensure_ascii=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, final)
+        final = self.spool_dir / f"{_file_name(record.call_id)}.json"
+        # a name of its own: a write cut short at shutdown and its replacement never share a file
+        temp = final.with_name(f"{final.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(temp, "w", encoding="utf-8") as handle:
+                json.dump(record.to_json(), handle, ensure_ascii=False)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, final)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
 
     def _replay_blocking(self) -> int:
         written = 0
@@ -175,20 +225,28 @@ class CallStore:
             try:
                 record = CallRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
             except (ValueError, TypeError) as exc:
-                log.error("spool file %s is unreadable (%s); moved aside", path, exc)
-                path.rename(path.with_suffix(".bad"))
+                _move_aside(path, f"it is unreadable ({exc})")
                 continue
-            write_record(self.settings, record)  # raises while MariaDB is still away
+            try:
+                write_record(self.settings, record)
+            except WAIT_FOR_DATABASE:
+                raise  # MariaDB is still away: this record and those behind it wait, in order
+            except pymysql.MySQLError as exc:
+                _move_aside(path, f"the database refuses it: {type(exc).__name__} {exc}")
+                continue
             path.unlink()
             written += 1
         return written
 
     async def replay(self) -> int:
-        """Write spooled records; stops at the first database error (they stay for the next try)."""
+        """Write spooled records; stops at the first connection error (they stay for the next try)."""
         try:
             written = await asyncio.to_thread(self._replay_blocking)
         except pymysql.MySQLError as exc:
             log.warning("spooled call records still waiting for the database: %s", exc)
+            return 0
+        except OSError as exc:
+            log.error("the spool %s cannot be read or cleared: %s", self.spool_dir, exc)
             return 0
         if written:
             log.info("wrote %d spooled call records", written)
@@ -198,3 +256,13 @@ class CallStore:
         while True:
             await self.replay()
             await asyncio.sleep(interval)
+
+
+def _file_name(call_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in call_id)
+
+
+def _move_aside(path: Path, why: str) -> None:
+    bad = path.with_suffix(".bad")
+    log.error("spool file %s is not written because %s; moved aside as %s", path, why, bad)
+    path.rename(bad)
