@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
+from concurrent.futures import Executor
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -25,7 +26,7 @@ from centralita.aicall.rtp import Pacer, RtpMedia, RtpPort
 from centralita.aicall.session import CallPolicy, CallSession, call_tools
 from centralita.aicall.settings import AicallSettings
 from centralita.aicall.store import CallStore
-from centralita.aicall.tools.base import ToolBox
+from centralita.aicall.tools.base import ToolBox, tool_executor
 from centralita.aicall.tools.mikrotik import HttpApiBackend, Router, RouterOsBackend, mikrotik_tools
 from centralita.aicall.wsmedia import WebsocketMedia
 from centralita.asterisk.ari import AriClient, AriError, AriNotFound
@@ -37,13 +38,15 @@ BRIDGE_SUFFIX = "-bridge"
 APOLOGY_MAX_S = 6.0
 
 
-def build_tools(settings: AicallSettings) -> ToolBox:
+def build_tools(settings: AicallSettings, executor: Executor | None = None) -> ToolBox:
     tools = call_tools(settings.transfer_target)
     if settings.enable_mikrotik_tools:
-        # a request may last as long as its tool is allowed to; the tool's own timeout stops the wait
+        # the cap for a request made outside a tool; inside one, a request may last what its own tool has left
         longest = max(settings.tool_timeout_seconds, settings.ping_timeout_seconds)
         if settings.mikrotik_api_url:
-            backend: Any = HttpApiBackend(settings.mikrotik_api_url, settings.mikrotik_api_token, longest)
+            backend: Any = HttpApiBackend(
+                settings.mikrotik_api_url, settings.mikrotik_api_token, longest, executor=executor
+            )
         else:
             routers = []
             for entry in settings.mikrotik_routers:
@@ -51,7 +54,7 @@ def build_tools(settings: AicallSettings) -> ToolBox:
                 routers.append(
                     Router(name, address, settings.mikrotik_user, settings.mikrotik_password, settings.tls_verify)
                 )
-            backend = RouterOsBackend(routers, longest)
+            backend = RouterOsBackend(routers, longest, executor=executor)
         tools += mikrotik_tools(backend, settings.tool_timeout_seconds, settings.ping_timeout_seconds)
     return ToolBox(tools)
 
@@ -106,7 +109,10 @@ class AicallAgent:
         self.metrics = metrics
         self.store = store
         self.ari = AriClient(settings.ari_url, settings.ari_user, settings.ari_password, settings.ari_app)
-        self.tools = build_tools(settings)
+        # Tool requests wait on routers that may not answer for their whole timeout: they get threads
+        # of their own, so ARI requests and record writes never queue behind them in asyncio's pool.
+        self.tool_executor = tool_executor()
+        self.tools = build_tools(settings, self.tool_executor)
         self.config = session_config(settings, self.tools)
         self.pacer = Pacer()
         ports = (settings.rtp_port_min, settings.rtp_port_max) if settings.rtp_port_min else None
@@ -303,6 +309,7 @@ class AicallAgent:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
             await asyncio.gather(*tasks, return_exceptions=True)
+            self.tool_executor.shutdown(wait=False, cancel_futures=True)
             await self.pacer.close()
             self.rtp_port.close()
             self.ari.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from aicall_harness import run
 from centralita.aicall.tools.base import Tool, ToolBox, check_arguments
@@ -119,3 +121,57 @@ def test_bad_json_unknown_tools_and_crashing_handlers_never_raise() -> None:
     assert run(box.run("nope", "{}")).outcome == "error"
     assert run(box.run("crash", "{not json")).result == {"error": "arguments are not valid JSON"}
     assert run(box.run("slow", "{}")).outcome == "timeout"
+
+
+def test_tool_requests_run_on_threads_of_their_own_not_on_those_ari_and_the_database_use() -> None:
+    """asyncio's default pool (ARI requests, record writes) is full; a lookup still gets its answer."""
+    with FakeMikrotik() as router:
+        box = _box(router.url, timeout=2)
+
+        async def scenario() -> str:
+            loop = asyncio.get_running_loop()
+            loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+            busy, release = threading.Event(), threading.Event()
+
+            def held() -> None:
+                busy.set()
+                release.wait(10)
+
+            holder = loop.create_task(asyncio.to_thread(held))
+            while not busy.is_set():  # the default pool's only thread is taken
+                await asyncio.sleep(0.01)
+            try:
+                return (await box.run("find_customer", json.dumps({"pppoe_user": "carla.ruiz"}))).outcome
+            finally:
+                release.set()
+                await holder
+
+        assert run(scenario()) == "ok"
+
+
+def test_each_request_waits_at_most_what_its_own_tool_has_left() -> None:
+    """The backend's cap is the longest tool's (ping, 20 s); a 2 s lookup's requests get 2 s at most."""
+    reads: list[tuple[str, float]] = []
+
+    def recording(session_request):
+        def request(method, url, **options):
+            reads.append((url.rsplit("/", 1)[-1].split("?")[0], options["timeout"][1]))
+            return session_request(method, url, **options)
+
+        return request
+
+    with FakeMikrotik(echo_interval=0.01) as router:
+        backend = RouterOsBackend([Router("core", router.url, "api", FakeMikrotik.password)], request_timeout=20)
+        backend._session.request = recording(backend._session.request)
+        box = ToolBox(mikrotik_tools(backend, 2, 20))
+        assert _call(box, "find_customer", pppoe_user="ana.gomez")[0] == "ok"
+        assert reads and all(0 < read <= 2 for _, read in reads)
+        reads.clear()
+        assert _call(box, "ping_customer", ip="100.64.0.11", count=1)[0] == "ok"
+        [(path, read)] = reads
+        assert path == "ping" and 2 < read <= 20
+
+        api = HttpApiBackend(router.url, request_timeout=20)
+        api._session.request = recording(api._session.request)
+        assert _call(ToolBox(mikrotik_tools(api, 2, 20)), "customer_status", pppoe_user="ana.gomez")[0] == "ok"
+        assert reads[-1][1] <= 2

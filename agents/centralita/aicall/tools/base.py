@@ -3,23 +3,57 @@
 A tool runs as its own task beside the call's audio loop; its result (or its error,
 or the fact that it timed out) always goes back to the model as a JSON string so the
 assistant can say something true to the caller instead of falling silent.
+
+A tool's timeout stops the wait, not a request already sent from a worker thread:
+backends therefore give each request only what its tool has left
+(:func:`time_left`), and run their blocking requests on threads of their own
+(:func:`tool_executor`), so a router that does not answer never holds the threads
+that ARI requests and record writes use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from centralita.aicall.provider import ToolSpec
 
 log = logging.getLogger("centralita.aicall.tools")
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+T = TypeVar("T")
+
+TOOL_THREADS = 16  # requests of all calls' tools at once; more wait for a thread within their tool's timeout
+MIN_REQUEST_S = 0.1
+
+# When the running tool must be done (time.monotonic()), set by ToolBox.run for the tool's own task.
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("tool_deadline", default=None)
+
+
+def time_left(cap: float) -> float:
+    """Seconds a request may wait: what the running tool has left of its timeout, at most ``cap``."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return cap
+    return max(MIN_REQUEST_S, min(cap, deadline - time.monotonic()))
+
+
+def tool_executor(workers: int = TOOL_THREADS) -> ThreadPoolExecutor:
+    """A bounded pool for the tools' blocking requests, apart from asyncio's default pool."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aicall-tool")
+
+
+async def run_blocking(executor: Executor, function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` on one of ``executor``'s threads; if its tool gives up first, a queued one never runs."""
+    return await asyncio.get_running_loop().run_in_executor(executor, functools.partial(function, *args))
 
 
 class ToolError(Exception):
@@ -120,6 +154,7 @@ class ToolBox:
         problem = check_arguments(tool.parameters, args)
         if problem:
             return done({"error": problem}, "error", args)
+        deadline = _deadline.set(time.monotonic() + tool.timeout)
         try:
             result = await asyncio.wait_for(tool.handler(args), tool.timeout)
         except TimeoutError:
@@ -130,4 +165,6 @@ class ToolBox:
         except Exception as exc:  # a bug or an unexpected backend answer must not end the call
             log.exception("tool %s failed", name)
             return done({"error": f"internal error: {type(exc).__name__}"}, "error", args)
+        finally:
+            _deadline.reset(deadline)
         return done(result, "ok", args)

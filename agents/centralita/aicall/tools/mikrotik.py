@@ -4,8 +4,9 @@ Two backends answer the same questions: RouterOS v7's REST API on each router
 (``/rest/...`` over HTTPS with basic auth), or the operator's own HTTP API in front
 of the routers (``MIKROTIK_API_URL``, the mode the system was specified with), which
 receives ``POST <url>/api/<operation>`` with the arguments as JSON and answers JSON.
-Requests are blocking ``requests`` calls run in worker threads, so a slow router
-never stalls the call's audio.
+Requests are blocking ``requests`` calls run on the tools' own worker threads, so a
+slow router never stalls the call's audio nor the agent's other requests; each one
+waits at most what its tool has left of its timeout.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from __future__ import annotations
 import abc
 import asyncio
 import re
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 
-from centralita.aicall.tools.base import Tool, ToolError
+from centralita.aicall.tools.base import Tool, ToolError, run_blocking, time_left, tool_executor
+
+CONNECT_TIMEOUT_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -62,15 +66,32 @@ class Backend(abc.ABC):
     async def interface_status(self, name: str, router: str | None) -> dict[str, Any]: ...
 
 
+def _timeouts(cap: float) -> tuple[float, float]:
+    """(connect, read) timeouts of one request: within what the running tool has left, at most ``cap``."""
+    read = time_left(cap)
+    return min(CONNECT_TIMEOUT_S, read), read
+
+
 class RouterOsBackend(Backend):
-    def __init__(self, routers: list[Router], request_timeout: float = 8.0) -> None:
+    def __init__(
+        self, routers: list[Router], request_timeout: float = 8.0, *, executor: Executor | None = None
+    ) -> None:
         if not routers:
             raise ValueError("at least one router is needed")
         self.routers = {r.name: r for r in routers}
-        self.request_timeout = request_timeout
+        self.request_timeout = request_timeout  # the cap; inside a tool, what the tool has left
+        self.executor = executor or tool_executor()
         self._session = requests.Session()
 
-    def _call(self, router: Router, method: str, path: str, params: dict[str, str] | None = None, body: Any = None):
+    def _call(
+        self,
+        router: Router,
+        method: str,
+        path: str,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+        timeout: tuple[float, float] = (CONNECT_TIMEOUT_S, 8.0),
+    ):
         url = router.url.rstrip("/") + "/rest/" + path.strip("/")
         try:
             reply = self._session.request(
@@ -80,7 +101,7 @@ class RouterOsBackend(Backend):
                 json=body,
                 auth=(router.user, router.password),
                 verify=router.verify,
-                timeout=(3, self.request_timeout),
+                timeout=timeout,
             )
         except requests.RequestException as exc:
             raise ToolError(f"router {router.name} is not reachable: {type(exc).__name__}") from exc
@@ -98,8 +119,12 @@ class RouterOsBackend(Backend):
             raise ToolError(f"router {router.name} sent a reply that is not JSON") from exc
 
     async def _get(self, router: Router, path: str, **params: str) -> list[dict[str, Any]]:
-        result = await asyncio.to_thread(self._call, router, "GET", path, params or None)
+        result = await self._blocking(router, "GET", path, params or None, None)
         return result if isinstance(result, list) else [result]
+
+    async def _blocking(self, router: Router, method: str, path: str, params: Any, body: Any) -> Any:
+        timeout = _timeouts(self.request_timeout)  # read here: the tool's deadline lives in this task's context
+        return await run_blocking(self.executor, self._call, router, method, path, params, body, timeout)
 
     async def _each_router(self, path: str, **params: str) -> list[tuple[Router, dict[str, Any]]]:
         """Ask every router at once; a router that is down only hides its own customers."""
@@ -196,9 +221,7 @@ class RouterOsBackend(Backend):
             router, address = next(iter(self.routers.values())), ip
         else:
             raise ToolError("give a PPPoE user or an IP address")
-        replies = await asyncio.to_thread(
-            self._call, router, "POST", "ping", None, {"address": address, "count": str(count)}
-        )
+        replies = await self._blocking(router, "POST", "ping", None, {"address": address, "count": str(count)})
         replies = replies if isinstance(replies, list) else [replies]
         last = replies[-1] if replies else {}
         received = int(last.get("received", 0) or 0)
@@ -233,18 +256,21 @@ class RouterOsBackend(Backend):
 class HttpApiBackend(Backend):
     """The operator's HTTP API (``MIKROTIK_API_URL``): ``POST /api/<operation>`` JSON in, JSON out."""
 
-    def __init__(self, url: str, token: str | None = None, request_timeout: float = 8.0) -> None:
+    def __init__(
+        self, url: str, token: str | None = None, request_timeout: float = 8.0, *, executor: Executor | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self.token = token
-        self.request_timeout = request_timeout
+        self.request_timeout = request_timeout  # the cap; inside a tool, what the tool has left
+        self.executor = executor or tool_executor()
         self._session = requests.Session()
 
-    def _post(self, operation: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _post(
+        self, operation: str, body: dict[str, Any], timeout: tuple[float, float] = (CONNECT_TIMEOUT_S, 8.0)
+    ) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
-            reply = self._session.post(
-                f"{self.url}/api/{operation}", json=body, headers=headers, timeout=(3, self.request_timeout)
-            )
+            reply = self._session.post(f"{self.url}/api/{operation}", json=body, headers=headers, timeout=timeout)
         except requests.RequestException as exc:
             raise ToolError(f"the network API is not reachable: {type(exc).__name__}") from exc
         if reply.status_code >= 400:
@@ -258,7 +284,8 @@ class HttpApiBackend(Backend):
         return data
 
     async def _call(self, operation: str, **body: Any) -> dict[str, Any]:
-        return await asyncio.to_thread(self._post, operation, {k: v for k, v in body.items() if v is not None})
+        arguments = {k: v for k, v in body.items() if v is not None}
+        return await run_blocking(self.executor, self._post, operation, arguments, _timeouts(self.request_timeout))
 
     async def find_customer(self, phone: str | None, ip: str | None, pppoe_user: str | None) -> dict[str, Any]:
         return await self._call("find_customer", phone=phone, ip=ip, pppoe_user=pppoe_user)
