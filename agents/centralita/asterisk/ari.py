@@ -5,7 +5,9 @@ answers in milliseconds on the same host, a connection pool keeps sockets warm, 
 every call has a timeout, so the event loop never waits on Asterisk. The events
 websocket reconnects forever with a growing, jittered delay: an Asterisk restart
 must never need an agent restart, and ``on_connect`` lets the agent reconcile its
-calls with what Asterisk still has after every (re)connection.
+calls with what Asterisk still has after every (re)connection. One event the agent
+cannot handle (a frame that is not a JSON object, a handler that fails) is logged
+and skipped: it must not end the stream that every call depends on.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ STABLE_AFTER_S = 10.0
 class AriError(RuntimeError):
     """ARI refused a request or could not be reached."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail  # ARI's own words (its JSON ``message``), when it answered
 
 
 class AriNotFound(AriError):
@@ -96,9 +99,11 @@ class AriClient:
         except requests.RequestException as exc:
             raise AriError(f"{method} {path}: Asterisk not reachable: {exc}") from exc
         if reply.status_code == 404:
-            raise AriNotFound(f"{method} {path}: not found", 404)
+            detail = _reason(reply)
+            raise AriNotFound(f"{method} {path}: not found ({detail})", 404, detail)
         if reply.status_code >= 400:
-            raise AriError(f"{method} {path}: HTTP {reply.status_code} {_reason(reply)}", reply.status_code)
+            detail = _reason(reply)
+            raise AriError(f"{method} {path}: HTTP {reply.status_code} {detail}", reply.status_code, detail)
         if not reply.content:
             return None
         try:
@@ -128,14 +133,22 @@ class AriClient:
             return None
 
     async def get_variable(self, channel_id: str, variable: str) -> str | None:
+        """The variable's value, or None when it is not set.
+
+        Asterisk answers 404 both for a variable that is not set ("Provided variable was
+        not found") and for a channel that is gone ("Provided channel was not found"); the
+        second raises :class:`AriNotFound`, because the caller has hung up.
+        """
         try:
             reply = await self.request(
                 "GET", f"/channels/{quote(channel_id, safe='')}/variable", {"variable": variable}
             )
-        except AriNotFound:
-            return None
+        except AriNotFound as exc:
+            if "variable" in exc.detail.lower():
+                return None
+            raise
         except AriError as exc:
-            if exc.status == 400:  # ARI's answer for a variable that is not set
+            if exc.status == 400:  # older versions' answer for a variable that is not set
                 return None
             raise
         return (reply or {}).get("value") or None
@@ -229,14 +242,12 @@ class AriClient:
                     self.connected.set()
                     log.info("ARI events connected (%s, app %s)", urlsplit(self.base).netloc, self.app)
                     if on_connect is not None:
-                        await on_connect()
-                    async for message in ws:
                         try:
-                            event = json.loads(message)
-                        except ValueError:
-                            log.warning("ARI sent a frame that is not JSON: %.80r", message)
-                            continue
-                        await on_event(event)
+                            await on_connect()
+                        except Exception:  # a bug there must not stop the events every call needs
+                            log.exception("ARI events: the reconnection handler failed")
+                    async for message in ws:
+                        await self._deliver(message, on_event)
             except InvalidStatus as exc:
                 log.error("ARI events refused: HTTP %s (check the ARI user and app)", exc.response.status_code)
             except (OSError, TimeoutError, WebSocketException) as exc:
@@ -248,6 +259,22 @@ class AriClient:
             log.info("ARI events: reconnecting in %.1f s", wait)
             await asyncio.sleep(wait)
             delay = min(delay * 2, self.reconnect_max)
+
+    @staticmethod
+    async def _deliver(message: str | bytes, on_event: EventHandler) -> None:
+        """Hand one frame to the handler; a frame or an event the agent cannot handle is logged and skipped."""
+        try:
+            event = json.loads(message)
+        except ValueError:
+            log.warning("ARI sent a frame that is not JSON: %.80r", message)
+            return
+        if not isinstance(event, dict):
+            log.warning("ARI sent JSON that is not an event object, skipped: %.80r", message)
+            return
+        try:
+            await on_event(event)
+        except Exception:
+            log.exception("ARI event %.40r: the handler failed; the event is skipped", event.get("type"))
 
     def close(self) -> None:
         self._session.close()
