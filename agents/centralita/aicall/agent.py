@@ -134,9 +134,16 @@ class AicallAgent:
 
     async def on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
-        channel = event.get("channel") or {}
-        channel_id = channel.get("id", "")
+        channel = event.get("channel")
+        if not isinstance(channel, dict):
+            channel = {}
+        channel_id = channel.get("id")
+        if not isinstance(channel_id, str):
+            channel_id = ""
         if kind == "StasisStart":
+            if not channel_id:
+                log.warning("ARI StasisStart without a channel id ignored: %.200r", event)
+                return
             if channel_id.endswith(MEDIA_SUFFIX):
                 return  # our own externalMedia channel joining the app
             self._start_call(channel)
@@ -145,7 +152,8 @@ class AicallAgent:
             if session is not None:
                 session.caller_hung_up()
         elif kind == "PlaybackFinished":
-            waiter = self._playbacks.get((event.get("playback") or {}).get("id", ""))
+            playback = event.get("playback")
+            waiter = self._playbacks.get(playback.get("id", "")) if isinstance(playback, dict) else None
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 

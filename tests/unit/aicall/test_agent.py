@@ -64,3 +64,24 @@ def test_hangup_events_end_the_matching_session_only() -> None:
 
     mine, other = run(scenario())
     assert mine.hung_up and not other.hung_up
+
+
+def test_events_the_agent_cannot_use_are_skipped_without_starting_or_ending_a_call(caplog) -> None:
+    async def scenario() -> AicallAgent:
+        agent = _agent()
+        for event in (
+            {"type": "StasisStart", "channel": {"name": "PJSIP/provider-2"}},  # no id
+            {"type": "StasisStart", "channel": "1795.9"},
+            {"type": "StasisStart", "channel": {"id": 17959}},
+            {"type": "StasisStart"},
+            {"type": "StasisEnd", "channel": ["1795.9"]},
+            {"type": "PlaybackFinished", "playback": "apology-1"},
+        ):
+            await agent.on_event(event)
+        agent.ari.close()
+        return agent
+
+    with caplog.at_level("WARNING", logger="centralita.aicall.agent"):
+        agent = run(scenario())
+    assert agent._calls == {} and agent.sessions == {}
+    assert sum("without a channel id" in r.getMessage() for r in caplog.records) == 4
