@@ -38,12 +38,22 @@ async def serve(settings: AicallSettings) -> None:
         server = await serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
     loop = asyncio.get_running_loop()
     runner = loop.create_task(agent.run())
+
+    def stop(sig: signal.Signals) -> None:
+        # A second signal must not cut the shutdown itself short: the calls' ending and their
+        # records are bounded in time already (agent.STOP_*).
+        if runner.cancelling():
+            log.info("%s: already stopping", sig.name)
+            return
+        log.info("%s: stopping; ending every call", sig.name)
+        runner.cancel()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runner.cancel)
+        loop.add_signal_handler(sig, stop, sig)
     try:
         await runner
     except asyncio.CancelledError:
-        log.info("stopping: every call ended and recorded")
+        log.info("stopped: every call ended and its record saved or spooled")
     finally:
         if server is not None:
             server.close()

@@ -5,15 +5,21 @@ bridge and an externalMedia channel (RTP or chan_websocket), bridges the two and
 runs a :class:`CallSession` until the call ends; then it removes what it created in
 Asterisk and writes the call record. After every (re)connection to ARI it checks
 that the calls it holds still exist, so an Asterisk restart ends them cleanly.
+
+A call is tracked from its StasisStart on, not only once its session runs: a caller
+who hangs up while the call is being set up, or an agent stopping meanwhile, ends
+the call at the next step of the set-up, before any model socket is opened. The
+record is written beside Asterisk's clean-up, not after it, so a slow or hung
+Asterisk at shutdown cannot cost the record.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -36,6 +42,22 @@ log = logging.getLogger("centralita.aicall.agent")
 MEDIA_SUFFIX = "-media"
 BRIDGE_SUFFIX = "-bridge"
 APOLOGY_MAX_S = 6.0
+HANGUP_EVENTS = ("StasisEnd", "ChannelDestroyed", "ChannelHangupRequest")
+# At shutdown: how long the calls get to end on their own (hang-up, Asterisk's clean-up), how long
+# a call cut short after that gets before it is cut again, and how long the records get to reach
+# the database before they go to the spool at once.
+STOP_CALLS_S = 10.0
+STOP_CUT_S = 1.0
+STOP_CUT_ROUNDS = 5
+STOP_RECORDS_S = 5.0
+
+
+class _SetupEnded(Exception):
+    """The call ended while it was being set up: the caller left, or the agent is stopping."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def build_tools(settings: AicallSettings, executor: Executor | None = None) -> ToolBox:
@@ -119,6 +141,12 @@ class AicallAgent:
         self.rtp_port = RtpPort(settings.rtp_bind, ports, max_calls=settings.max_calls)  # bound at the first call
         self.sessions: dict[str, CallSession] = {}
         self._calls: dict[str, asyncio.Task[None]] = {}
+        # calls being set up: channel id -> the end asked for meanwhile ("" while none)
+        self._setting_up: dict[str, str] = {}
+        self._records: set[asyncio.Task[bool]] = set()
+        self.stop_calls_s = STOP_CALLS_S
+        self.stop_cut_s = STOP_CUT_S
+        self.stop_records_s = STOP_RECORDS_S
         self._playbacks: dict[str, asyncio.Future[None]] = {}
         self.policy = CallPolicy(
             progress_phrase=settings.progress_phrase,
@@ -147,15 +175,22 @@ class AicallAgent:
             if channel_id.endswith(MEDIA_SUFFIX):
                 return  # our own externalMedia channel joining the app
             self._start_call(channel)
-        elif kind in ("StasisEnd", "ChannelDestroyed", "ChannelHangupRequest"):
-            session = self.sessions.get(channel_id)
-            if session is not None:
-                session.caller_hung_up()
+        elif kind in HANGUP_EVENTS:
+            self._caller_left(channel_id)
         elif kind == "PlaybackFinished":
             playback = event.get("playback")
             waiter = self._playbacks.get(playback.get("id", "")) if isinstance(playback, dict) else None
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+
+    def _caller_left(self, channel_id: str) -> None:
+        session = self.sessions.get(channel_id)
+        if session is not None:
+            session.caller_hung_up()
+        elif self._setting_up.get(channel_id) == "":
+            # the set-up ends the call at its next step (no session, no model socket opened)
+            log.info("call %s: the caller hung up during the call's set-up", channel_id)
+            self._setting_up[channel_id] = "caller_hangup"
 
     async def on_connect(self) -> None:
         """After a (re)connection: end the calls Asterisk no longer has (it restarted)."""
@@ -181,9 +216,37 @@ class AicallAgent:
         channel_id = channel["id"]
         if channel_id in self._calls:
             return
-        task = asyncio.get_running_loop().create_task(self._call(channel), name=f"call-{channel_id}")
+        record = CallRecord(
+            channel_id,
+            (channel.get("caller") or {}).get("number", ""),
+            (channel.get("dialplan") or {}).get("exten", ""),
+            channel_name=channel.get("name", ""),
+            media_kind=self.settings.media,
+            model=self.settings.model_id,
+        )
+        if self.calls_in_progress >= self.settings.max_calls:
+            call = self._reject(record)
+        else:
+            self._setting_up[channel_id] = ""  # from here a hangup event for it is remembered
+            call = self._call(record)
+        task = asyncio.get_running_loop().create_task(call, name=f"call-{channel_id}")
         self._calls[channel_id] = task
-        task.add_done_callback(lambda _: self._calls.pop(channel_id, None))
+        task.add_done_callback(lambda _: self._finished(channel_id))
+
+    def _finished(self, channel_id: str) -> None:
+        self._calls.pop(channel_id, None)
+        self._setting_up.pop(channel_id, None)  # also when the task was cancelled before it started
+
+    @property
+    def calls_in_progress(self) -> int:
+        """Calls being set up and calls running: what counts against AICALL_MAX_CALLS."""
+        return len(self._setting_up) + len(self.sessions)
+
+    def _go_on(self, channel_id: str) -> None:
+        """Between set-up steps: stop here if the caller left or the agent is stopping."""
+        reason = self._setting_up.get(channel_id)
+        if reason:
+            raise _SetupEnded(reason)
 
     # one call -----------------------------------------------------------------------------
 
@@ -219,29 +282,23 @@ class AicallAgent:
         await media.start()
         return media
 
-    async def _call(self, channel: dict[str, Any]) -> None:
-        channel_id = channel["id"]
-        record = CallRecord(
-            channel_id,
-            (channel.get("caller") or {}).get("number", ""),
-            (channel.get("dialplan") or {}).get("exten", ""),
-            channel_name=channel.get("name", ""),
-            media_kind=self.settings.media,
-            model=self.settings.model_id,
-        )
+    async def _call(self, record: CallRecord) -> None:
+        channel_id = record.call_id
         bridge_id = channel_id + BRIDGE_SUFFIX
-        if len(self.sessions) >= self.settings.max_calls:
-            await self._reject(record)
-            return
         session: CallSession | None = None
         media: MediaPath | None = None
         try:
             await self.ari.answer(channel_id)
             record.answered_at = time.time()
+            self._go_on(channel_id)
             await self.ari.create_bridge(bridge_id)
+            self._go_on(channel_id)
             media = await self._open_media(channel_id)
+            self._go_on(channel_id)
             await self.ari.add_to_bridge(bridge_id, channel_id, channel_id + MEDIA_SUFFIX)
+            self._go_on(channel_id)
             record.recording_path = await self.ari.get_variable(channel_id, "MIXMONITOR_FILENAME")
+            self._go_on(channel_id)
             model = open_model_session(self.settings, self.config, name=channel_id)
             session = CallSession(
                 record=record,
@@ -252,37 +309,66 @@ class AicallAgent:
                 policy=self.policy,
                 metrics=self.metrics,
             )
+            del self._setting_up[channel_id]  # no await in between: a hangup event now finds the session
             self.sessions[channel_id] = session
             await session.run()
-        except AriNotFound:
+        except _SetupEnded as ended:
+            record.end_reason = ended.reason
+        except AriNotFound as exc:
+            # Asterisk no longer has the caller's channel (or what was made for it): the caller left
+            log.info("call %s: gone from Asterisk during set-up (%s)", channel_id, exc)
             record.end_reason = record.end_reason or "caller_hangup"
         except (AriError, OSError) as exc:
             log.error("call %s: setup failed: %s", channel_id, exc)
-            record.end_reason = record.end_reason or "error"
+            record.end_reason = record.end_reason or self._setting_up.get(channel_id) or "error"
+        except asyncio.CancelledError:
+            # cut short at shutdown: the stop asked for, or what the caller did before it
+            record.end_reason = record.end_reason or self._setting_up.get(channel_id) or "agent_stopped"
+            raise
+        except Exception:  # a bug or an unexpected failure (a media handshake refused...) ends this call only
+            log.exception("call %s: setup failed", channel_id)
+            record.end_reason = record.end_reason or self._setting_up.get(channel_id) or "error"
         finally:
+            self._setting_up.pop(channel_id, None)
             self.sessions.pop(channel_id, None)
-            if session is None:
-                if media is not None:
-                    await media.close()
+            record.end_reason = record.end_reason or "error"
+            if record.ended_at is None:  # the session did not get to close the call
                 record.ended_at = time.time()
-                self.metrics.calls.inc(reason=record.end_reason or "error")
-            await self._cleanup(channel_id, bridge_id, record)
-            if self.store is not None:
-                await self.store.save(record)
+                self.metrics.calls.inc(reason=record.end_reason)
+            saving = self._save(record)  # started before any wait on Asterisk, which may be slow or hung
+            try:
+                if session is None and media is not None:
+                    await media.close()
+                await self._cleanup(channel_id, bridge_id, record)
+            finally:
+                if saving is not None:
+                    await asyncio.shield(saving)  # a cancelled call leaves its record's write running
+
+    def _save(self, record: CallRecord) -> asyncio.Task[bool] | None:
+        """Write the record in a task of the agent's own, which a call cut short does not cancel."""
+        if self.store is None:
+            return None
+        task = asyncio.get_running_loop().create_task(self.store.save(record), name=f"record-{record.call_id}")
+        self._records.add(task)
+        task.add_done_callback(self._records.discard)
+        return task
 
     async def _cleanup(self, channel_id: str, bridge_id: str, record: CallRecord) -> None:
         """Remove what the call created in Asterisk; hang the caller up unless transferred."""
-        steps = [self.ari.hangup(channel_id + MEDIA_SUFFIX), self.ari.destroy_bridge(bridge_id)]
+        steps: list[Callable[[], Awaitable[Any]]] = [
+            lambda: self.ari.hangup(channel_id + MEDIA_SUFFIX),
+            lambda: self.ari.destroy_bridge(bridge_id),
+        ]
         if not record.transferred_to:
-            steps.append(self.ari.hangup(channel_id))
-        for step in steps:
+            steps.append(lambda: self.ari.hangup(channel_id))
+        for step in steps:  # each request made when its turn comes: a clean-up cut short leaves none unsent
             try:
-                await step
+                await step()
             except AriError as exc:
                 log.warning("call %s: cleanup step failed: %s", channel_id, exc)
 
     async def _reject(self, record: CallRecord) -> None:
-        log.warning("call %s rejected: %d calls in progress", record.call_id, len(self.sessions))
+        log.warning("call %s rejected: %d calls in progress", record.call_id, self.calls_in_progress)
         record.end_reason = "rejected_busy"
         try:
             if self.settings.transfer_target:
@@ -294,10 +380,12 @@ class AicallAgent:
                 await self.ari.hangup(record.call_id, reason="congestion")
         except AriError as exc:
             log.warning("call %s: could not reject cleanly: %s", record.call_id, exc)
-        record.ended_at = time.time()
-        self.metrics.calls.inc(reason=record.end_reason)
-        if self.store is not None:
-            await self.store.save(record)
+        finally:
+            record.ended_at = time.time()
+            self.metrics.calls.inc(reason=record.end_reason)
+            saving = self._save(record)
+            if saving is not None:
+                await asyncio.shield(saving)
 
     # the process --------------------------------------------------------------------------
 
@@ -309,15 +397,48 @@ class AicallAgent:
         try:
             await asyncio.gather(*tasks)
         finally:
-            for task in tasks:
+            try:
+                for task in tasks:
+                    task.cancel()
+                await self._stop_calls()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                self.ari.close()
+                self.tool_executor.shutdown(wait=False, cancel_futures=True)
+                try:
+                    await self.pacer.close()
+                finally:
+                    self.rtp_port.close()
+
+    async def _stop_calls(self) -> None:
+        """End every call, those still being set up too, and see every record saved or spooled.
+
+        Never raises: a slow or hung Asterisk only shortens the calls' clean-up. A call still
+        ending after ``stop_calls_s`` is cancelled (again, if it takes that long too); its record's
+        write runs in a task of its own, and a write still waiting for the database after
+        ``stop_records_s`` is cancelled, which puts the record in the spool at once.
+        """
+        for session in list(self.sessions.values()):
+            session.end("agent_stopped")
+        for channel_id, reason in self._setting_up.items():
+            self._setting_up[channel_id] = reason or "agent_stopped"
+        pending = set(self._calls.values())
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=self.stop_calls_s)
+        for _ in range(STOP_CUT_ROUNDS):
+            if not pending:
+                break
+            log.warning("stopping: %d calls still ending (Asterisk slow?); cutting them short", len(pending))
+            for task in pending:
                 task.cancel()
-            for session in list(self.sessions.values()):
-                session.end("agent_stopped")
-            calls = list(self._calls.values())
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 10)
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self.tool_executor.shutdown(wait=False, cancel_futures=True)
-            await self.pacer.close()
-            self.rtp_port.close()
-            self.ari.close()
+            _, pending = await asyncio.wait(pending, timeout=self.stop_cut_s)
+        if pending:
+            log.error("stopping: %d calls did not end: %s", len(pending), ", ".join(t.get_name() for t in pending))
+        records = set(self._records)
+        if records:
+            _, late = await asyncio.wait(records, timeout=self.stop_records_s)
+            if late:
+                log.warning("stopping: %d call records still waiting for the database; spooling them", len(late))
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*records, return_exceptions=True)
