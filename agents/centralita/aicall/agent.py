@@ -348,10 +348,18 @@ class AicallAgent:
         """Write the record in a task of the agent's own, which a call cut short does not cancel."""
         if self.store is None:
             return None
-        task = asyncio.get_running_loop().create_task(self.store.save(record), name=f"record-{record.call_id}")
+        task = asyncio.get_running_loop().create_task(self._write(record), name=f"record-{record.call_id}")
         self._records.add(task)
         task.add_done_callback(self._records.discard)
         return task
+
+    async def _write(self, record: CallRecord) -> bool:
+        assert self.store is not None
+        try:
+            return await self.store.save(record)
+        except Exception:  # the store spools or logs what it cannot write; anything else is a bug, said once here
+            log.exception("call %s: the record could not be saved", record.call_id)
+            return False
 
     async def _cleanup(self, channel_id: str, bridge_id: str, record: CallRecord) -> None:
         """Remove what the call created in Asterisk; hang the caller up unless transferred."""

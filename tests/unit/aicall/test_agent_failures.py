@@ -418,3 +418,25 @@ def test_calls_being_set_up_count_against_the_call_limit(monkeypatch) -> None:
         ("1795.2", "rejected_busy"),
         ("1795.1", "agent_stopped"),
     ]
+
+
+def test_a_store_failure_is_logged_with_the_call_and_the_call_still_ends_cleanly(monkeypatch, caplog) -> None:
+    class BrokenStore(StubStore):
+        async def save(self, record: CallRecord) -> bool:
+            self.any_saved.set()
+            raise TypeError("Object of type bytes is not JSON serializable")
+
+    async def scenario() -> asyncio.Task[None]:
+        lab = Lab(monkeypatch, store=BrokenStore())
+        await lab.start()
+        lab.ari.failures["answer"] = AriNotFound("POST /channels/1795.1/answer: not found", 404)
+        await lab.agent.on_event(_stasis_start())
+        call = lab.agent._calls["1795.1"]
+        await asyncio.wait([call])
+        await lab.stop()
+        return call
+
+    with caplog.at_level("ERROR", logger="centralita.aicall.agent"):
+        call = run(scenario())
+    assert call.exception() is None
+    assert any("1795.1" in r.getMessage() and "could not be saved" in r.getMessage() for r in caplog.records)
