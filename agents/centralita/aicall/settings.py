@@ -47,6 +47,18 @@ def _routers(value: object) -> str | None:
     return None
 
 
+TRANSFER_EXTENSION_MAX = 80  # the calls table's transferred_to column
+
+
+def _dialplan_extension(value: object) -> str | None:
+    text = str(value).strip()
+    if len(text) > TRANSFER_EXTENSION_MAX:
+        return f"an extension or queue of at most {TRANSFER_EXTENSION_MAX} characters"
+    if any(c.isspace() or c in ",|()" for c in text):
+        return "an extension or queue name without spaces, commas, '|' or parentheses (a dialplan target)"
+    return None
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AicallSettings(DbSettings):
     # Asterisk
@@ -111,7 +123,10 @@ class AicallSettings(DbSettings):
     progress_repeat_seconds: float = setting("AICALL_PROGRESS_REPEAT_SECONDS", default=8.0, minimum=2, maximum=60)
     transfer_context: str = setting("AICALL_TRANSFER_CONTEXT", default="transfer")
     transfer_extension: str = setting(
-        "AICALL_TRANSFER_EXTENSION", default="human", help="extension or queue; 'none' disables transfer_to_human"
+        "AICALL_TRANSFER_EXTENSION",
+        default="human",
+        check=_dialplan_extension,
+        help="extension or queue; 'none' disables transfer_to_human",
     )
     apology_sound: str = setting("AICALL_APOLOGY_SOUND", default="sound:cannot-complete-temp-error")
     spool_dir: Path = setting("AICALL_SPOOL_DIR", default=Path("/var/lib/centralita/aicall/spool"))  # noqa: RUF009

@@ -52,6 +52,8 @@ def test_routers_are_listed_by_name_with_shared_credentials() -> None:
         ({"AICALL_RTP_PORT_MIN": "40000"}, "AICALL_RTP_PORT_MIN/MAX"),
         ({"AICALL_MAX_OUTPUT_TOKENS": "5000"}, "AICALL_MAX_OUTPUT_TOKENS: expected a value <= 4096"),
         ({"AICALL_KEEPALIVE_SECONDS": "0.2"}, "AICALL_KEEPALIVE_SECONDS: expected a value >= 1"),
+        ({"AICALL_TRANSFER_EXTENSION": "6" * 81}, "AICALL_TRANSFER_EXTENSION: expected an extension or queue of at"),
+        ({"AICALL_TRANSFER_EXTENSION": "600,1"}, "AICALL_TRANSFER_EXTENSION: expected an extension or queue name"),
     ],
 )
 def test_bad_values_name_the_variable_and_what_was_expected(extra: dict, message: str) -> None:
