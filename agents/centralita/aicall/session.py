@@ -227,20 +227,28 @@ class CallSession:
                     await asyncio.wait_for(self._end.wait(), self.policy.max_call_seconds)
                 if not self._end.is_set():
                     await self._fallback("max_duration")
+        except asyncio.CancelledError:
+            self.end("agent_stopped")  # stopped from outside: the agent's own end, not the caller's
+            raise
         finally:
             await self._close()
         return self.record
 
     async def _close(self) -> None:
-        tools = list(self._tool_tasks.values())
-        self._abandon_tools("the call ended before the tool finished")
-        tasks = list(self._tasks) + tools
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
-        await self.model.close()
-        await self.media.close()
+        try:
+            tools = list(self._tool_tasks.values())
+            self._abandon_tools("the call ended before the tool finished")
+            tasks = list(self._tasks) + tools
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._tasks.clear()
+            await self.model.close()
+            await self.media.close()
+        finally:  # cut short too (the agent's stop deadline), the record and the gauges are right
+            self._finish_record()
+
+    def _finish_record(self) -> None:
         # The media and the model hold this session's bound methods as it holds them: dropping those
         # references lets a finished call be freed at once instead of waiting, with every object it made,
         # for the garbage collector's next pass over the old generation (a pause every call's audio shares).

@@ -326,3 +326,20 @@ def test_the_callers_words_keep_their_place_before_the_reply_when_their_transcri
     lines = [(line.role, line.text) for line in record.transcript]
     assert lines == [("caller", "¿Hola?"), ("assistant", "Sí, dígame.")], "no empty line for the lost transcription"
     assert histories[-1] == ["¿Hola?", "Sí, dígame."], "the restored model hears the question before the answer"
+
+
+def test_a_call_stopped_from_outside_is_recorded_as_agent_stopped_and_leaves_the_gauges_right() -> None:
+    async def scenario() -> tuple[Call, CallRecord]:
+        call = Call()
+        await call.start()
+        await call.push(SpeechStopped("item_caller", 900), *reply("resp_1", "item_1", 300))
+        assert call.task is not None
+        call.task.cancel()  # the agent's stop deadline
+        await asyncio.gather(call.task, return_exceptions=True)
+        return call, call.session.record
+
+    call, record = run(scenario())
+    assert record.end_reason == "agent_stopped" and record.ended_at is not None
+    assert call.session.metrics.active_calls.value() == 0
+    assert call.session.metrics.calls.value(reason="agent_stopped") == 1
+    assert call.model.closed >= 1
