@@ -162,6 +162,7 @@ def test_schema_has_the_core_sbc_and_collections_tables(migrated_db: DbSettings)
             "normalization_rules",
             "sbc_cdrs",
             "sip_traces",
+            "sip_trace_files",
             "ip_blacklist",
             "carrier_daily_stats",
             "collections_debtors",
@@ -209,6 +210,22 @@ def test_schema_has_the_core_sbc_and_collections_tables(migrated_db: DbSettings)
                 "WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE'"
             )
             assert all(row["c"].startswith("utf8mb4") for row in cur.fetchall())
+
+
+def test_a_trace_spool_file_can_be_marked_loaded_once_per_sbc(db_conn: pymysql.Connection) -> None:
+    with db_conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO sip_trace_files (origin, file, bytes, row_count) VALUES ('sbc-a', 'traces_1.tsv', 10, 1),"
+            " ('sbc-b', 'traces_1.tsv', 10, 1)"
+        )
+        with pytest.raises(pymysql.IntegrityError):
+            cur.execute(
+                "INSERT INTO sip_trace_files (origin, file, bytes, row_count) VALUES ('sbc-a', 'traces_1.tsv', 10, 1)"
+            )
+        cur.execute("SELECT refused, loaded_at FROM sip_trace_files WHERE origin = 'sbc-a'")
+        row = cur.fetchone()
+        assert row["refused"] == 0 and row["loaded_at"] is not None
+        cur.execute("DELETE FROM sip_trace_files WHERE file = 'traces_1.tsv'")
 
 
 def test_events_payload_must_be_json_and_created_at_keeps_milliseconds(db_conn: pymysql.Connection) -> None:

@@ -1,0 +1,209 @@
+"""The SBC's trace loader (Kamailio's spool files -> sip_traces) on real MariaDB."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pymysql
+import pytest
+from centralita.db import DbSettings, connect
+from centralita.sbc import traceload
+
+
+def _line(
+    call_id: str,
+    message: bytes,
+    *,
+    method: str = "INVITE",
+    code: str = "",
+    t: str = "1763900000.123456",
+    direction: str = "in",
+) -> bytes:
+    cseq = f"1 {method}" if method else "1 INVITE"
+    fields = [
+        t,
+        direction,
+        "10.0.0.1",
+        "5060",
+        "10.0.0.2",
+        "5060",
+        "udp",
+        method,
+        code,
+        cseq,
+        call_id,
+        base64.b64encode(message).decode(),
+    ]
+    return ("T" + "\t".join(fields) + "\n").encode()
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    path = tmp_path / "spool"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def loader(migrated_db: DbSettings, spool: Path) -> Iterator[traceload.Loader]:
+    settings = traceload.Settings(
+        spool_dir=spool,
+        db_user=migrated_db.db_user,
+        db_password=migrated_db.db_password,
+        db_name=migrated_db.db_name,
+        db_socket=migrated_db.db_socket,
+        origin=f"sbc-{uuid.uuid4().hex[:8]}",
+    )
+    item = traceload.Loader(settings)
+    yield item
+    item._drop_connection()
+    with connect(migrated_db) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM sip_trace_files WHERE origin = %s", (settings.origin,))
+
+
+@pytest.fixture
+def call_id() -> Iterator[str]:
+    value = f"tl-{uuid.uuid4().hex}"
+    yield value
+
+
+def _rows(settings: DbSettings, call_id_prefix: str) -> list[dict]:
+    with connect(settings) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT call_id, captured_at, direction, method, status_code, cseq, message FROM sip_traces"
+            " WHERE call_id LIKE %s ORDER BY id",
+            (call_id_prefix + "%",),
+        )
+        return list(cur.fetchall())
+
+
+@pytest.fixture(autouse=True)
+def _clean(migrated_db: DbSettings, call_id: str) -> Iterator[None]:
+    yield
+    with connect(migrated_db) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM sip_traces WHERE call_id LIKE %s", (call_id + "%",))
+
+
+def test_closed_files_load_with_any_bytes_and_the_newest_file_is_left_to_kamailio(
+    loader: traceload.Loader, spool: Path, migrated_db: DbSettings, call_id: str
+) -> None:
+    message = b"INVITE sip:1@x SIP/2.0\r\nSubject: tab\there\r\n\r\n\xff\x00\n binary body"
+    (spool / "traces_100.tsv").write_bytes(
+        _line(call_id, message)
+        + b"\n"
+        + _line(call_id, b"SIP/2.0 100 Trying\r\n\r\n", method="", code="100", direction="out")
+    )
+    (spool / "traces_101.tsv").write_bytes(_line(call_id + "-open", b"x"))
+    assert loader.run_once() == 1
+    rows = _rows(migrated_db, call_id)
+    assert [(r["call_id"], r["direction"], r["method"], r["status_code"], r["cseq"]) for r in rows] == [
+        (call_id, "in", "INVITE", None, "1 INVITE"),
+        (call_id, "out", None, 100, "1 INVITE"),
+    ]
+    assert rows[0]["message"] == message
+    assert str(rows[0]["captured_at"]) == "2025-11-23 12:13:20.123456"
+    assert not (spool / "traces_100.tsv").exists()
+    assert (spool / "traces_101.tsv").exists()
+    assert [r["call_id"] for r in _rows(migrated_db, call_id)] == [call_id, call_id]
+
+
+def test_a_file_of_ticks_only_is_deleted(loader: traceload.Loader, spool: Path) -> None:
+    (spool / "traces_100.tsv").write_bytes(b"\n\n\n")
+    (spool / "traces_101.tsv").write_bytes(b"")
+    assert loader.run_once() == 1
+    assert sorted(p.name for p in spool.iterdir()) == ["traces_101.tsv"]
+
+
+def test_bad_lines_are_quarantined_with_file_and_line_and_the_rest_is_loaded(
+    loader: traceload.Loader, spool: Path, migrated_db: DbSettings, call_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = _line(call_id + "-a", b"first")
+    wrong_fields = b"T1763900000.1\tin\t10.0.0.1\n"
+    not_base64 = _line(call_id + "-b", b"x").replace(base64.b64encode(b"x"), b"!!!!")
+    too_long_call_id = _line("c" * 300, b"y")
+    cut_short = _line(call_id + "-c", b"last")[:-20]
+    (spool / "traces_100.tsv").write_bytes(
+        good + wrong_fields + not_base64 + b"\n" + too_long_call_id + _line(call_id + "-d", b"fine") + cut_short
+    )
+    (spool / "traces_200.tsv").write_bytes(b"")
+    with caplog.at_level(logging.ERROR, logger="centralita.sbc.traceload"):
+        assert loader.run_once() == 1
+    assert [r["call_id"] for r in _rows(migrated_db, call_id)] == [call_id + "-a", call_id + "-d"]
+    refused = {
+        int(n): why
+        for n, why in (
+            (r.getMessage().split(" line ")[1].split(" ")[0], r.getMessage())
+            for r in caplog.records
+            if " line " in r.getMessage()
+        )
+    }
+    assert sorted(refused) == [2, 3, 5, 7]
+    assert all("traces_100.tsv" in why for why in refused.values())
+    assert "fields" in refused[2] and "base64" in refused[3] and "Call-ID" in refused[5] and "cut short" in refused[7]
+    kept = (spool / "quarantine" / "traces_100.tsv").read_bytes().split(b"\n")
+    assert kept[0] == b"2\t" + wrong_fields[:-1]
+    assert kept[3] == b"7\t" + cut_short
+    assert not (spool / "traces_100.tsv").exists()
+    with connect(migrated_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT row_count, refused FROM sip_trace_files WHERE origin = %s", (loader.s.origin,))
+        assert cur.fetchone() == {"row_count": 2, "refused": 4}
+
+
+def test_a_loader_stopped_before_its_commit_loads_the_file_again_once(
+    loader: traceload.Loader, spool: Path, migrated_db: DbSettings, call_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (spool / "traces_100.tsv").write_bytes(_line(call_id, b"one") + _line(call_id, b"two"))
+    (spool / "traces_101.tsv").write_bytes(b"")
+
+    def stop(*args: object) -> None:
+        raise pymysql.OperationalError(2013, "Lost connection to server during query")
+
+    with monkeypatch.context() as m:
+        m.setattr(traceload.Loader, "_commit", stop)
+        with pytest.raises(pymysql.OperationalError):
+            loader.run_once()
+    loader._drop_connection()  # as a new process would start: the open transaction is gone
+    assert _rows(migrated_db, call_id) == []
+    assert (spool / "traces_100.tsv").exists()
+    assert loader.run_once() == 1
+    assert [r["message"] for r in _rows(migrated_db, call_id)] == [b"one", b"two"]
+
+
+def test_a_loader_stopped_after_its_commit_deletes_the_file_without_loading_it_again(
+    loader: traceload.Loader, spool: Path, migrated_db: DbSettings, call_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = spool / "traces_100.tsv"
+    path.write_bytes(_line(call_id, b"one"))
+    (spool / "traces_101.tsv").write_bytes(b"")
+    real_unlink = Path.unlink
+
+    def stop(self: Path, missing_ok: bool = False) -> None:
+        if self == path:
+            raise OSError("stopped")
+        real_unlink(self, missing_ok=missing_ok)
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "unlink", stop)
+        with pytest.raises(OSError):
+            loader.run_once()
+    assert path.exists()
+    assert len(_rows(migrated_db, call_id)) == 1
+    assert loader.run_once() == 1
+    assert not path.exists()
+    assert len(_rows(migrated_db, call_id)) == 1
+
+
+def test_the_file_stays_while_the_database_is_away(spool: Path, call_id: str) -> None:
+    settings = traceload.Settings(
+        spool_dir=spool, db_user="nobody", db_password="", db_name="centralita", db_socket=str(spool / "no.sock")
+    )
+    path = spool / "traces_100.tsv"
+    path.write_bytes(_line(call_id, b"one"))
+    (spool / "traces_101.tsv").write_bytes(b"")
+    with pytest.raises(pymysql.Error):
+        traceload.Loader(settings).run_once()
+    assert path.exists()
