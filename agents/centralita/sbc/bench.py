@@ -38,15 +38,19 @@ MINIMAL_PORT = 5062
 NUMBER = "573001234567"
 CDR_WAIT_S = 60
 # CPU ticks of the machine as the lab VM sees it (busy, all: a container VM sees
-# the host's CPUs, other work on the host included) and of Kamailio's and
-# MariaDB's processes (user + system), from /proc: where a step's time went.
+# the host's CPUs, other work on the host included) and of Kamailio's,
+# MariaDB's and the SIP trace loader's processes (user + system), from /proc:
+# where a step's time went.
 CPU_SAMPLE = (
     "awk '/^cpu /{print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8}' /proc/stat;"
-    " for name in kamailio mariadbd; do t=0; for p in $(pgrep -x $name); do"
+    " for name in kamailio mariadbd sbc-traceload; do t=0; for p in $(pgrep -x $name); do"
     " t=$((t + $(awk '{print $14+$15}' /proc/$p/stat 2>/dev/null || echo 0))); done; echo $t; done;"
     " nproc"
 )
 BENCH_TAG = "centralita-bench"
+# Kamailio's SIP trace spool (the kamailio role's default): a step's traces are in the database once it
+# holds only the file Kamailio writes
+TRACE_SPOOL = "/var/spool/centralita/sbc-traces"
 # rows deleted by one statement when the bench cleans up after itself
 DELETE_CHUNK = 20000
 
@@ -163,11 +167,13 @@ class CpuUse:
     vm_cpus: int = 0
     kamailio: float = 0.0
     mariadb: float = 0.0
+    loader: float = 0.0
     sipp: float = 0.0
     # CPU time per call (ms), counted until the step's last CDR was in the database: work queued during
     # the load (CDRs, traces) and done after it is the step's too
     kamailio_ms: float = 0.0
     mariadb_ms: float = 0.0
+    loader_ms: float = 0.0
     # the host's own view while the load ran: its load average at the end, and the share of its CPU time a
     # hypervisor took (steal): other work on the machine changes what a rate costs
     host_load: float = 0.0
@@ -176,8 +182,9 @@ class CpuUse:
     def text(self) -> str:
         return (
             f"{self.vm_cpus} CPUs {self.vm_busy:.0%} busy, kamailio {self.kamailio:.0%}, "
-            f"mariadb {self.mariadb:.0%}, SIPp (host) {self.sipp:.0%} of one CPU; per call: "
-            f"kamailio {self.kamailio_ms:.2f} ms, mariadb {self.mariadb_ms:.2f} ms; "
+            f"mariadb {self.mariadb:.0%}, trace loader {self.loader:.0%}, SIPp (host) {self.sipp:.0%} of one CPU;"
+            f" per call: kamailio {self.kamailio_ms:.2f} ms, mariadb {self.mariadb_ms:.2f} ms,"
+            f" trace loader {self.loader_ms:.2f} ms; "
             f"host load {self.host_load:.1f}, steal {self.host_steal:.1%}"
         )
 
@@ -354,18 +361,18 @@ class Bench:
         return dict(zip(lines[0].rstrip(";").split(";"), lines[-1].rstrip(";").split(";"), strict=False))
 
     def cpu_sample(self) -> tuple[float, list[int]]:
-        """(monotonic time, [vm busy ticks, vm all ticks, kamailio ticks, mariadb ticks, cpus])"""
+        """(monotonic time, [vm busy ticks, vm all ticks, kamailio ticks, mariadb ticks, loader ticks, cpus])"""
         out = self.lab.exec(VM, CPU_SAMPLE, check=False).split()
         values = [int(float(v)) for v in out if v.replace(".", "", 1).isdigit()]
-        return time.monotonic(), (values + [0] * 6)[:6]
+        return time.monotonic(), (values + [0] * 7)[:7]
 
     @staticmethod
     def cpu_use(before: tuple[float, list[int]], after: tuple[float, list[int]], sipp_s: float,
                 drained: tuple[float, list[int]], calls: int) -> CpuUse:  # fmt: skip
         """Shares of one CPU while the load ran (``before`` to ``after``); CPU per call up to ``drained``."""
         elapsed = max(after[0] - before[0], 1e-3)
-        busy, total, kam, maria, cpus = (a - b for a, b in zip(after[1][:5], before[1][:5], strict=True))
-        cpus = after[1][4] or 1
+        busy, total, kam, maria, loader = (a - b for a, b in zip(after[1][:5], before[1][:5], strict=True))
+        cpus = after[1][5] or 1
         hz = 100  # USER_HZ of Linux /proc
         calls = max(calls, 1)
         return CpuUse(
@@ -373,9 +380,11 @@ class Bench:
             vm_cpus=cpus,
             kamailio=kam / hz / elapsed,
             mariadb=maria / hz / elapsed,
+            loader=loader / hz / elapsed,
             sipp=sipp_s / elapsed,
             kamailio_ms=(drained[1][2] - before[1][2]) / hz * 1000 / calls,
             mariadb_ms=(drained[1][3] - before[1][3]) / hz * 1000 / calls,
+            loader_ms=(drained[1][4] - before[1][4]) / hz * 1000 / calls,
         )
 
     def target(self, port: int | None) -> str:
@@ -437,6 +446,12 @@ class Bench:
                 if cdrs >= ok or time.monotonic() > deadline:
                     break
                 time.sleep(2)
+            # and the step's traces: the spool holds only the file Kamailio writes now
+            while time.monotonic() < deadline:
+                files = self.lab.exec(VM, f"ls {TRACE_SPOOL} 2>/dev/null | grep -c 'tsv$'", check=False).strip()
+                if not files.isdigit() or int(files) <= 1:
+                    break
+                time.sleep(1)
         cpu = self.cpu_use(cpu_before, cpu_after, sipp_s, self.cpu_sample() if count_cdrs else cpu_after, calls)
         cpu.host_load = load
         all_ticks = host_after[0] - host_before[0]
