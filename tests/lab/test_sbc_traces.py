@@ -60,7 +60,7 @@ def test_the_whole_ladder_of_a_failed_over_call_arrives_through_the_spool(world)
         ("out", "ACK", sbc, car2),
         ("in", "BYE", cust, sbc),
         ("out", "BYE", sbc, car2),
-        # (a reply to an in-dialog request is traced as relayed, not as received)
+        ("in", "200", car2, sbc),  # the answer to an in-dialog request, as received and as relayed
         ("out", "200", sbc, cust),
     ]
     # in this order, each once (the carrier's 180 and 100 Trying, if any, come in between)
