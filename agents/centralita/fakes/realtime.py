@@ -827,6 +827,8 @@ class _Connection:
         except asyncio.CancelledError:
             # as the API does on an interruption: the item ends "incomplete" with the text generated so far
             record.transcript = " ".join(spoken)
+            # and its response.done reports the tokens generated up to the cut, as the API's does
+            response["usage"] = self._usage(record.audio_ms, record.transcript)
             await self._finish_item(item, common, record.transcript, "incomplete", conversation)
             raise
         await self._finish_item(item, common, text, "completed", conversation)

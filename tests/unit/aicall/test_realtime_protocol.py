@@ -7,7 +7,7 @@ import dataclasses
 import json
 
 import pytest
-from aicall_harness import CLIENT_EVENTS, run
+from aicall_harness import CLIENT_EVENTS, SERVER_EVENTS, run
 from centralita.aicall import g711
 from centralita.aicall.provider import (
     AudioOut,
@@ -218,6 +218,28 @@ def test_invalid_client_events_are_answered_with_an_error_event() -> None:
     assert [r["type"] for r in replies] == ["error", "error", "error"]
     assert "voise" in replies[0]["error"]["message"]
     assert replies[2]["error"]["code"] == "response_cancel_not_active"
+
+
+def test_a_cancelled_response_reports_the_tokens_generated_up_to_the_cut() -> None:
+    async def scenario() -> dict:
+        async with FakeRealtime(Script(greeting_ms=3000)) as fake:
+            async with connect(fake.url + "?model=m") as ws:
+                await ws.recv()  # session.created
+                await ws.send(json.dumps({"type": "response.create"}))
+                deltas = 0
+                while deltas < 3:
+                    event = json.loads(await ws.recv())
+                    deltas += event["type"] == "response.output_audio.delta"
+                await ws.send(json.dumps({"type": "response.cancel"}))
+                while (event := json.loads(await ws.recv()))["type"] != "response.done":
+                    pass
+                SERVER_EVENTS.validate_python(event)
+                return event["response"]
+
+    response = run(scenario())
+    assert response["status"] == "cancelled"
+    audio_tokens = response["usage"]["output_token_details"]["audio_tokens"]
+    assert 0 < audio_tokens < 3000 // 50, "what was generated before the cut, not the whole greeting"
 
 
 def test_the_stand_in_pings_and_closes_1011_when_pongs_stop() -> None:
