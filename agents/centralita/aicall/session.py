@@ -157,6 +157,7 @@ class CallSession:
         self._respond_when_idle = False  # a response.create waits for the conversation's response in progress
         self._failed_responses = 0  # conversation responses failed in a row
         self._greeting_pending = False  # the greeting was asked for and none of its audio has come
+        self._given_up = False  # the service refused the call: the socket is closed on purpose, not restored
         self._reconnecting = False
         self._history: list[tuple[str, HistoryLine]] = []  # (item id, what was said) for a reconnection
         self._caller_lines: dict[str, TranscriptLine] = {}  # caller turns whose transcription has not come
@@ -298,7 +299,7 @@ class CallSession:
         while not self._end.is_set():
             async for event in self.model.events():
                 await self._handle(event)
-            if self._end.is_set():
+            if self._end.is_set() or self._given_up:
                 return
             if not await self._reconnect():
                 await self._fallback("model_lost")
@@ -574,6 +575,7 @@ class CallSession:
         """The service refuses to serve the call (its session settings, quota): the caller hears the
         apology and a person, as when it cannot be reached, not silence."""
         log.error("call %s: the model cannot serve the call: %s %s", self.name, error.code, error.message)
+        self._given_up = True
         self._waiting.clear()
         await self.model.close()
         self.media.flush()

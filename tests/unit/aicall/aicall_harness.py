@@ -210,6 +210,7 @@ class ScriptedModel(ModelSession):
 
     async def close(self) -> None:
         self.closed += 1
+        self.queue.put_nowait(None)  # a closed socket's events end
 
 
 class ManualMedia(MediaPath):

@@ -50,7 +50,7 @@ class Call:
     async def push(self, *events: Any) -> None:
         for event in events:
             self.model.queue.put_nowait(event)
-        while not self.model.queue.empty():
+        while not self.model.queue.empty() and not self.session.ended:  # an ended call reads no more
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.05)
 
@@ -274,6 +274,7 @@ def test_a_session_the_service_refuses_ends_in_the_apology_and_a_person_not_in_s
     assert record.end_reason == "model_unavailable_transferred"
     assert call.control.actions == [("apology", None), ("transfer", "6000")]
     assert call.model.closed >= 1
+    assert len(call.model.histories) == 1, "the socket closed on purpose is not opened again"
 
 
 def test_a_failed_greeting_ends_in_the_apology_and_a_person() -> None:
