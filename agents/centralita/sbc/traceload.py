@@ -1,9 +1,9 @@
 """The SBC's SIP trace loader: Kamailio's trace spool files into sip_traces.
 
 Kamailio writes every traced message as one line of a spool file (file_out)
-and starts a new file every few seconds. Building SQL text for every message
-in Kamailio's script, and having MariaDB parse it, was half of the SBC host's
-work; a closed file goes in here with one LOAD DATA LOCAL instead.
+and starts a new file every few seconds. A closed file goes in here with one
+LOAD DATA LOCAL: no SQL text is built per message in Kamailio's script or
+parsed by MariaDB, and traces wait on disk, not in Kamailio's memory.
 
 A line: ``T`` then, tab-separated, the time (Unix seconds.microseconds, UTC),
 direction, source address and port, destination address and port, transport,
