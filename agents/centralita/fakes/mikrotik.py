@@ -29,6 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from centralita.fakes import send_json
+
 log = logging.getLogger("centralita.fakes.mikrotik")
 
 CONTROL_PREFIX = "/_stand-in/"
@@ -141,12 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("fake mikrotik: " + format, *args)
 
     def _reply(self, status: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, body)
 
     def _error(self, status: int, message: str, detail: str | None = None) -> None:
         body: dict[str, Any] = {"error": status, "message": message}

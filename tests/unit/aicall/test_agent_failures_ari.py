@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from aicall_harness import run
 from centralita.asterisk.ari import AriClient, AriNotFound
+from centralita.fakes import send_json
 from websockets.asyncio.server import serve
 
 
@@ -82,12 +83,7 @@ class _Asterisk(BaseHTTPRequestHandler):
             self._answer(200, {"value": self.channels[channel][variable]})
 
     def _answer(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, body)
 
     def log_message(self, *args: object) -> None:
         return None
