@@ -24,7 +24,7 @@ from concurrent.futures import Executor
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from centralita.aicall.media import MediaPath
+from centralita.aicall.media import MediaPath, MediaWatch
 from centralita.aicall.metrics import AicallMetrics
 from centralita.aicall.provider import SessionConfig, open_model_session
 from centralita.aicall.record import CallRecord
@@ -133,7 +133,7 @@ class AicallAgent:
         self.ari = AriClient(settings.ari_url, settings.ari_user, settings.ari_password, settings.ari_app)
         # Tool requests wait on routers that may not answer for their whole timeout: they get threads
         # of their own, so ARI requests and record writes never queue behind them in asyncio's pool.
-        self.tool_executor = tool_executor()
+        self.tool_executor = tool_executor(settings.tool_threads)
         self.tools = build_tools(settings, self.tool_executor)
         self.config = session_config(settings, self.tools)
         self.pacer = Pacer()
@@ -399,9 +399,13 @@ class AicallAgent:
 
     async def run(self) -> None:
         """Serve calls until cancelled; then end every call and release everything."""
-        tasks = [asyncio.get_running_loop().create_task(self.ari.run_events(self.on_event, self.on_connect))]
+        loop = asyncio.get_running_loop()
+        tasks = [
+            loop.create_task(self.ari.run_events(self.on_event, self.on_connect)),
+            loop.create_task(self._watch_media(), name="media-watch"),
+        ]
         if self.store is not None:
-            tasks.append(asyncio.get_running_loop().create_task(self.store.replay_forever()))
+            tasks.append(loop.create_task(self.store.replay_forever()))
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -417,6 +421,66 @@ class AicallAgent:
                     await self.pacer.close()
                 finally:
                     self.rtp_port.close()
+
+    async def _watch_media(self) -> None:
+        """End every call Asterisk sent no media for in ``AICALL_MEDIA_TIMEOUT_SECONDS`` (``media_timeout``).
+
+        A bridge stuck in Asterisk, or the network between Asterisk and the agent broken, leaves
+        ARI quiet: without this the caller would sit in silence until the call's longest duration.
+        Only running calls are watched, from the moment they are bridged: a call being set up has
+        no media to wait for yet. The session's end hangs the caller up through ARI and releases
+        the call as any other end does.
+
+        Asterisk's two-party bridge relays frames as they come: a caller who sends no RTP (on
+        hold, silence suppression) leaves the agent without media too, and that call is fine.
+        So a silence is only held against the call when Asterisk received RTP from the caller
+        during it (ARI's RTP statistics of the caller's channel, asked at half the timeout and
+        at its end), or cannot say.
+        """
+        watch = MediaWatch(self.settings.media_timeout_seconds)
+        received: dict[MediaPath, int | None] = {}  # the caller's RTP packets in Asterisk at half the timeout
+        while True:
+            await asyncio.sleep(watch.interval)
+            calls = {session.media: session for session in self.sessions.values() if not session.ended}
+            halfway, silent = watch.check(calls, time.monotonic())
+            for media in [media for media in received if media not in calls]:
+                del received[media]
+            if not (halfway or silent):
+                continue
+            asked = halfway + silent
+            counts = await asyncio.gather(*(self._caller_packets(calls[media].name) for media in asked))
+            for media, count in zip(asked, counts, strict=True):
+                session = calls[media]
+                if media in halfway:
+                    received[media] = count
+                    continue
+                before = received.pop(media, None)
+                if session.ended:
+                    continue
+                if before is not None and count == before:
+                    log.info(
+                        "call %s: no media from Asterisk for %.0f s, and no RTP from the caller either "
+                        "(on hold, silence suppression): the call goes on", session.name, watch.timeout,
+                    )  # fmt: skip
+                    watch.restart(media)
+                    continue
+                log.warning(
+                    "call %s: no media from Asterisk for %.0f s (%d frames received in all) while the caller's "
+                    "RTP reached Asterisk (packets %s, then %s); hanging up",
+                    session.name, watch.timeout, media.frames_in, before, count,
+                )  # fmt: skip
+                session.end("media_timeout")
+
+    async def _caller_packets(self, channel_id: str) -> int | None:
+        """RTP packets Asterisk has received from the caller so far, or None when ARI cannot say."""
+        path = f"/channels/{quote(channel_id, safe='')}/rtp_statistics"
+        try:
+            stats = await self.ari.request("GET", path)
+        except AriError as exc:  # not found too: a channel without RTP (not PJSIP), or gone
+            log.warning("call %s: Asterisk's RTP statistics of the caller are not available: %s", channel_id, exc)
+            return None
+        count = stats.get("rxcount") if isinstance(stats, dict) else None
+        return count if isinstance(count, int) else None
 
     async def _stop_calls(self) -> None:
         """End every call, those still being set up too, and see every record saved or spooled.

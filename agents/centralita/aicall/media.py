@@ -12,7 +12,7 @@ import abc
 import collections
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from centralita.aicall import g711
@@ -162,6 +162,12 @@ class MediaPath(abc.ABC):
         self._on_audio: AudioHandler | None = None
         self._on_start: StartHandler | None = None
         self._started_items: set[str] = set()
+        self._frames_in = 0  # what a path without a counter of its own counts (chan_websocket's binary frames)
+
+    @property
+    def frames_in(self) -> int:
+        """Frames (datagrams, messages) received from Asterisk so far; :class:`MediaWatch` compares it."""
+        return self._frames_in
 
     def on_audio(self, handler: AudioHandler | None) -> None:
         """Register where the caller's audio goes (G.711 bytes, any length); None drops it."""
@@ -207,3 +213,63 @@ class MediaPath(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release sockets and tasks; safe to call twice."""
+
+
+@dataclass
+class _Quiet:
+    frames: int  # the path's frame count when it last changed
+    seconds: float = 0.0  # checked time since then
+
+
+class MediaWatch:
+    """Finds the calls Asterisk stopped sending media for: one periodic check over every call.
+
+    Nothing is done per frame: each media path only counts what it receives (the RTP path's
+    counters existed already), and each check compares every call's count with the last one.
+    A call is silent for ``timeout`` seconds when its count stood still over checks adding up
+    to that long. A check that comes late (the event loop was busy, the process was stopped)
+    counts as at most two intervals: a pause of the agent's own never ends a call, as the
+    frames that arrived meanwhile are read before the next check. A path is counted from the
+    first check that sees it, so a call's set-up is never counted.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.interval = min(1.0, timeout / 4)
+        self._last_check: float | None = None
+        self._calls: dict[MediaPath, _Quiet] = {}
+
+    def check(self, paths: Iterable[MediaPath], now: float) -> tuple[list[MediaPath], list[MediaPath]]:
+        """The paths silent for half the timeout since this check, and those silent for all of it.
+
+        A path is in the first list once per stretch of silence; in the second at every check
+        until it receives again or :meth:`restart` starts its count over. Paths no longer given
+        are forgotten.
+        """
+        credit = 0.0 if self._last_check is None else min(max(0.0, now - self._last_check), 2 * self.interval)
+        self._last_check = now
+        half = self.timeout / 2
+        seen: dict[MediaPath, _Quiet] = {}
+        halfway: list[MediaPath] = []
+        silent: list[MediaPath] = []
+        for path in paths:
+            frames = path.frames_in
+            quiet = self._calls.get(path)
+            if quiet is None or quiet.frames != frames:
+                quiet = _Quiet(frames)
+            else:
+                before = quiet.seconds
+                quiet.seconds += credit
+                if before < half <= quiet.seconds:
+                    halfway.append(path)
+                if quiet.seconds >= self.timeout:
+                    silent.append(path)
+            seen[path] = quiet
+        self._calls = seen
+        return halfway, silent
+
+    def restart(self, path: MediaPath) -> None:
+        """Count ``path``'s silence from zero again (the silence was found to be the caller's own)."""
+        quiet = self._calls.get(path)
+        if quiet is not None:
+            quiet.seconds = 0.0

@@ -778,6 +778,12 @@ class RtpMedia(MediaPath):
         """No socket is open for the call: not started yet, or released by :meth:`close`."""
         return not self._open
 
+    @property
+    def frames_in(self) -> int:
+        """Every datagram Asterisk sent for the call, used or not (comfort noise, events): the receive
+        path's own counters, so watching the call for silence adds nothing per frame."""
+        return self.received_packets + self.rejected_packets
+
     def set_remote(self, host: str, port: int) -> None:
         """Where Asterisk's RTP channel listens (UNICASTRTP_LOCAL_ADDRESS/PORT), which is also where it sends from."""
         remote = (host, port)

@@ -48,6 +48,8 @@ def _routers(value: object) -> str | None:
 
 
 TRANSFER_EXTENSION_MAX = 80  # the calls table's transferred_to column
+# No media from Asterisk for this long ends a call (AICALL_MEDIA_TIMEOUT_SECONDS).
+MEDIA_TIMEOUT_DEFAULT_S = 30.0
 
 
 def _dialplan_extension(value: object) -> str | None:
@@ -77,6 +79,13 @@ class AicallSettings(DbSettings):
     max_calls: int = setting("AICALL_MAX_CALLS", default=200, minimum=1, maximum=5000)
     input_frames: int = setting(
         "AICALL_INPUT_FRAMES", default=1, minimum=1, maximum=5, help="20 ms caller frames per message to the model"
+    )
+    media_timeout_seconds: float = setting(
+        "AICALL_MEDIA_TIMEOUT_SECONDS",
+        default=MEDIA_TIMEOUT_DEFAULT_S,
+        minimum=1,
+        maximum=600,
+        help="a call with no media from Asterisk for this long is hung up (media_timeout)",
     )
     # the model
     provider: str = setting(
@@ -118,6 +127,13 @@ class AicallSettings(DbSettings):
     # tools and the call flow
     tool_timeout_seconds: float = setting("AICALL_TOOL_TIMEOUT_SECONDS", default=10.0, minimum=0.5, maximum=120)
     ping_timeout_seconds: float = setting("AICALL_PING_TIMEOUT_SECONDS", default=30.0, minimum=1, maximum=120)
+    tool_threads: int = setting(
+        "AICALL_TOOL_THREADS",
+        default=16,
+        minimum=1,
+        maximum=256,
+        help="threads for the tools' router requests, shared by every call",
+    )
     progress_phrase: str = setting("AICALL_PROGRESS_PHRASE", default="Un momento, por favor.")
     progress_delay_seconds: float = setting("AICALL_PROGRESS_DELAY_SECONDS", default=1.5, minimum=0.2, maximum=10)
     progress_repeat_seconds: float = setting("AICALL_PROGRESS_REPEAT_SECONDS", default=8.0, minimum=2, maximum=60)

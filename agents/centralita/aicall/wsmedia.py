@@ -90,6 +90,7 @@ class WebsocketMedia(MediaPath):
         try:
             async for message in ws:
                 if isinstance(message, bytes):
+                    self._frames_in += 1
                     self._deliver(message)
                     continue
                 self._control(parse_control(message))

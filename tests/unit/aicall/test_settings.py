@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
-from centralita.aicall.agent import build_tools, session_config
+from centralita.aicall.agent import AicallAgent, build_tools, session_config
+from centralita.aicall.metrics import AicallMetrics
 from centralita.aicall.provider import open_model_session
 from centralita.aicall.settings import AicallSettings
 from centralita.config import ConfigError, describe, load_settings
@@ -54,6 +57,13 @@ def test_routers_are_listed_by_name_with_shared_credentials() -> None:
         ({"AICALL_KEEPALIVE_SECONDS": "0.2"}, "AICALL_KEEPALIVE_SECONDS: expected a value >= 1"),
         ({"AICALL_TRANSFER_EXTENSION": "6" * 81}, "AICALL_TRANSFER_EXTENSION: expected an extension or queue of at"),
         ({"AICALL_TRANSFER_EXTENSION": "600,1"}, "AICALL_TRANSFER_EXTENSION: expected an extension or queue name"),
+        ({"AICALL_MEDIA_TIMEOUT_SECONDS": "0"}, "AICALL_MEDIA_TIMEOUT_SECONDS: expected a value >= 1"),
+        ({"AICALL_MEDIA_TIMEOUT_SECONDS": "-5"}, "AICALL_MEDIA_TIMEOUT_SECONDS: expected a value >= 1"),
+        ({"AICALL_MEDIA_TIMEOUT_SECONDS": "3601"}, "AICALL_MEDIA_TIMEOUT_SECONDS: expected a value <= 600"),
+        ({"AICALL_MEDIA_TIMEOUT_SECONDS": "soon"}, "AICALL_MEDIA_TIMEOUT_SECONDS: expected"),
+        ({"AICALL_TOOL_THREADS": "0"}, "AICALL_TOOL_THREADS: expected a value >= 1"),
+        ({"AICALL_TOOL_THREADS": "1000"}, "AICALL_TOOL_THREADS: expected a value <= 256"),
+        ({"AICALL_TOOL_THREADS": "2.5"}, "AICALL_TOOL_THREADS: expected"),
     ],
 )
 def test_bad_values_name_the_variable_and_what_was_expected(extra: dict, message: str) -> None:
@@ -65,3 +75,18 @@ def test_the_api_key_is_required_and_never_shown() -> None:
     env = {k: v for k, v in BASE.items() if k != "OPENAI_API_KEY"}
     with pytest.raises(ConfigError, match="OPENAI_API_KEY: required setting is missing"):
         load_settings(AicallSettings, environ=env)
+
+
+def test_the_media_timeout_and_the_tool_threads_have_defaults_and_can_be_set() -> None:
+    defaults = load_settings(AicallSettings, environ=BASE)
+    assert defaults.media_timeout_seconds == 30 and defaults.tool_threads == 16
+    env = {**BASE, "AICALL_MEDIA_TIMEOUT_SECONDS": "7.5", "AICALL_TOOL_THREADS": "4"}
+    agent = AicallAgent(load_settings(AicallSettings, environ=env), metrics=AicallMetrics(), store=None)
+    try:
+        assert agent.settings.media_timeout_seconds == 7.5
+        together = threading.Barrier(4, timeout=10)  # four requests at once get a thread each
+        assert all(f.result(10) is not None for f in [agent.tool_executor.submit(together.wait) for _ in range(4)])
+        names = {agent.tool_executor.submit(lambda: threading.current_thread().name).result(10) for _ in range(12)}
+        assert len(names) <= 4, "the tools' requests never run on more threads than that"
+    finally:
+        agent.tool_executor.shutdown()

@@ -31,7 +31,9 @@ log = logging.getLogger("centralita.aicall.tools")
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 T = TypeVar("T")
 
-TOOL_THREADS = 16  # requests of all calls' tools at once; more wait for a thread within their tool's timeout
+# Requests of all calls' tools at once (AICALL_TOOL_THREADS, whose default this is); more wait for a
+# thread within their tool's timeout.
+TOOL_THREADS = 16
 MIN_REQUEST_S = 0.1
 
 # When the running tool must be done (time.monotonic()), set by ToolBox.run for the tool's own task.
