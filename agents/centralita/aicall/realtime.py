@@ -45,7 +45,13 @@ ACTIVE_RESPONSE_ERROR = "conversation_already_has_active_response"
 # Events the call never acts on, recognised before parsing when "type" is the first key (as the server
 # and the stand-in write it, with or without a space): about half of a reply's messages, each a JSON
 # parse saved. Any other layout is parsed and ignored as before.
-_IGNORED_TYPES = (b"response.output_audio_transcript.delta", b"conversation.item.input_audio_transcription.delta")
+_IGNORED_TYPES = (
+    b"response.output_audio_transcript.delta",
+    b"conversation.item.input_audio_transcription.delta",
+    # a function call is read whole from its response's response.done (see _response_done)
+    b"response.function_call_arguments.delta",
+    b"response.function_call_arguments.done",
+)
 _IGNORED_PREFIXES = tuple(head + kind + b'"' for kind in _IGNORED_TYPES for head in (b'{"type":"', b'{"type": "'))
 
 
@@ -131,7 +137,6 @@ class RealtimeSession(WebsocketModelSession):
         self.model = model
         self.config = config
         self._progress: set[str] = set()
-        self._function_calls: dict[str, list[str]] = {}
         self._configured = False  # the server confirmed this socket's session.update
 
     def _endpoint(self) -> str:
@@ -215,6 +220,10 @@ class RealtimeSession(WebsocketModelSession):
                 return
             if parsed is None:
                 return
+            if type(parsed) is tuple:  # a response's function calls, then its end
+                for each in parsed:
+                    inbox.put(each)
+                return
         handler = self._audio_handler
         if handler is not None and type(parsed) is AudioOut and inbox.idle:
             # The call's task waits with nothing before this event: it is handled here, as the task would
@@ -226,7 +235,7 @@ class RealtimeSession(WebsocketModelSession):
             return
         inbox.put(parsed)
 
-    def _parse(self, event: dict[str, Any]) -> ModelEvent | None:
+    def _parse(self, event: dict[str, Any]) -> ModelEvent | tuple[ModelEvent, ...] | None:
         kind = event.get("type")
         if kind == "response.output_audio.delta":
             return AudioOut(event["item_id"], event["response_id"], base64.b64decode(event["delta"]))
@@ -247,9 +256,6 @@ class RealtimeSession(WebsocketModelSession):
             if progress:
                 self._progress.add(response.get("id", ""))
             return ResponseStarted(response.get("id", ""), progress)
-        if kind == "response.function_call_arguments.done":
-            self._function_calls.setdefault(event["response_id"], []).append(event["call_id"])
-            return FunctionCall(event["call_id"], event["name"], event.get("arguments", ""), event["response_id"])
         if kind == "response.done":
             return self._response_done(event.get("response") or {})
         if kind == "session.updated":
@@ -264,23 +270,37 @@ class RealtimeSession(WebsocketModelSession):
             return ModelError(code, str(error.get("message", "")), fatal)
         return None
 
-    def _response_done(self, response: dict[str, Any]) -> ResponseDone:
+    def _response_done(self, response: dict[str, Any]) -> tuple[ModelEvent, ...]:
+        """The calls to run, then the response's end.
+
+        A call runs only when its response completed: one cancelled (by us, or by the server when
+        the caller spoke) or cut short may hold a call whose arguments were cut mid-way, which ends
+        "incomplete" and must never run; the service's reference even says the arguments' done
+        event is sent for a cancelled response too. Waiting for response.done delays nothing: a
+        response that calls a function ends with the call.
+        """
         response_id = response.get("id", "")
+        status = response.get("status", "")
         details = response.get("status_details") or {}
+        output = (response.get("output") or []) if status == "completed" else []
         calls = [
-            item.get("call_id", "") for item in response.get("output") or [] if item.get("type") == "function_call"
+            FunctionCall(item["call_id"], str(item.get("name", "")), str(item.get("arguments", "")), response_id)
+            for item in output
+            if item.get("type") == "function_call"
+            and item.get("call_id")  # one without an id could never be answered: the response still ends
+            and item.get("status", "completed") == "completed"
         ]
-        calls += [c for c in self._function_calls.pop(response_id, []) if c not in calls]
         progress = response_id in self._progress
         self._progress.discard(response_id)
-        return ResponseDone(
+        done = ResponseDone(
             response_id,
-            response.get("status", ""),
+            status,
             details.get("reason") or (details.get("error") or {}).get("code"),  # a failed response's error
             response.get("usage") or {},
             progress,
-            tuple(calls),
+            tuple(call.call_id for call in calls),
         )
+        return (*calls, done)
 
     async def close(self) -> None:
         await self._close_socket()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 
 import pytest
 from aicall_harness import CLIENT_EVENTS, SERVER_EVENTS, run
@@ -24,7 +25,7 @@ from centralita.aicall.provider import (
     Transcript,
 )
 from centralita.aicall.realtime import RealtimeSession, history_items, session_update
-from centralita.aicall.wsmodel import AudioMarks, MaskKeys, masked_text_frame
+from centralita.aicall.wsmodel import AudioMarks, Inbox, MaskKeys, masked_text_frame
 from centralita.fakes.realtime import FakeRealtime, Script, Turn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -418,3 +419,64 @@ def test_reply_audio_goes_straight_to_the_call_only_while_its_reader_waits_and_t
     ], "the same order as through events() alone"
     assert seen[0][0] == "at once", "audio read while the reader waited skips the task switch"
     assert seen[1][0] == "from events"
+
+
+def _call_events(status: str, item_status: str, arguments: str, reason: str | None = None) -> list[object]:
+    """A function call's response as the service writes it, ending with ``status``."""
+    ids = {"response_id": "resp_1", "item_id": "item_1", "output_index": 0, "call_id": "call_1"}
+    item = {"type": "function_call", "id": "item_1", "call_id": "call_1", "name": "find_customer"}
+    done_item = {**item, "status": item_status, "arguments": arguments}
+    response = {
+        "id": "resp_1",
+        "status": status,
+        "status_details": {"type": status, "reason": reason},
+        "output": [done_item],
+        "usage": {"total_tokens": 12, "output_tokens": 3},
+    }
+    half = len(arguments) // 2
+    return [
+        json.dumps({"type": "response.created", "response": {"id": "resp_1", "status": "in_progress", "output": []}}),
+        json.dumps({"type": "response.output_item.added", "response_id": "resp_1", "output_index": 0, "item": item}),
+        json.dumps({"type": "response.function_call_arguments.delta", **ids, "delta": arguments[:half]}),
+        json.dumps({"type": "response.function_call_arguments.delta", **ids, "delta": arguments[half:]}),
+        # sent for a cancelled response too, with the arguments cut, as the service's reference says it may be
+        json.dumps(
+            {"type": "response.function_call_arguments.done", **ids, "name": "find_customer", "arguments": arguments}
+        ),
+        json.dumps(
+            {"type": "response.output_item.done", "response_id": "resp_1", "output_index": 0, "item": done_item}
+        ),
+        json.dumps({"type": "response.done", "response": response}),
+    ]
+
+
+def test_a_completed_responses_function_call_reaches_the_call_whole_and_before_the_responses_end() -> None:
+    events = run(_events_from(_call_events("completed", "completed", '{"phone": "3001234567"}')))
+    call, done = events[1:3]
+    assert call == FunctionCall("call_1", "find_customer", '{"phone": "3001234567"}', "resp_1")
+    assert isinstance(done, ResponseDone) and done.status == "completed" and done.function_calls == ("call_1",)
+    assert [type(e).__name__ for e in events] == ["ResponseStarted", "FunctionCall", "ResponseDone", "Disconnected"]
+
+
+@pytest.mark.parametrize("reason", ["turn_detected", "client_cancelled"])
+def test_a_call_of_a_cancelled_response_never_reaches_the_call_even_with_its_arguments_done(reason: str) -> None:
+    events = run(_events_from(_call_events("cancelled", "incomplete", '{"phone": "30012', reason)))
+    assert not any(isinstance(e, FunctionCall) for e in events), "its arguments were cut: it must not run"
+    (done,) = [e for e in events if isinstance(e, ResponseDone)]
+    assert (done.status, done.reason, done.function_calls) == ("cancelled", reason, ())
+    assert done.usage["output_tokens"] == 3, "what the cut response cost is still recorded"
+
+
+@pytest.mark.parametrize("layout", [(",", ":"), (", ", ": ")])
+def test_function_call_argument_events_are_dropped_before_any_json_parse(
+    layout: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    session = RealtimeSession(url="ws://127.0.0.1:9", model="m", api_key="k", config=CONFIG)
+    ids = {"event_id": "event_1", "response_id": "resp_1", "item_id": "item_1", "output_index": 0, "call_id": "c"}
+    inbox = Inbox()
+    with caplog.at_level(logging.WARNING, logger="centralita.aicall.realtime"):
+        for kind, extra in [("delta", {"delta": '{"pho'}), ("done", {"name": "f", "arguments": '{"pho'})]:
+            event = {"type": f"response.function_call_arguments.{kind}", **ids, **extra}
+            data = json.dumps(event, separators=layout).encode()
+            session._message(inbox, data[:-10])  # cut: a parse would log it as not JSON
+    assert not inbox.events and caplog.text == "", "recognised by their first bytes, never parsed"
