@@ -50,6 +50,9 @@ log = logging.getLogger("centralita.fakes.realtime")
 FORMAT_LAWS = {"audio/pcmu": "ulaw", "audio/pcma": "alaw"}
 SPEECH_RMS = 600.0  # linear level above which a 20 ms frame counts as speech
 AUDIO_CHUNK_MS = 100  # the real service sends replies in chunks, faster than real time
+# the real service streams a function call's arguments as the model writes them, in many small deltas;
+# a few pieces are enough for a cancel or the caller's speech to land while they are being written
+ARGUMENT_DELTAS = 4
 CONTROL_PREFIX = "/_stand-in/"
 MAX_CONNECTION_LOGS = 200  # a long-running stand-in keeps the summaries of the latest connections only
 
@@ -82,6 +85,7 @@ class Script:
     refuse: bool = False  # refuse every new session (503): the model cannot be reached
     send_rate: float = 4.0  # reply audio is sent this many times faster than real time
     think_ms: int = 0  # delay before a reply's first audio, as a model's thinking time
+    arguments_ms: int = 20  # time to write a function call's arguments, spread over its deltas
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Script:
@@ -750,12 +754,13 @@ class _Connection:
         current.centralita_state = response  # type: ignore[union-attr]
         await self.send({"type": "response.created", "response": dict(response)})
         if tool_turn is not None:
-            await self._function_call(response, tool_turn)
+            arguments = await self._function_call(response, tool_turn)
+            response["usage"] = self._usage(0, arguments)
         else:
             await self._speak(response, text, audio_ms, conversation)
+            response["usage"] = self._usage(audio_ms, text)
         response["status"] = "completed"
         response["status_details"] = {"type": "completed", "reason": None}
-        response["usage"] = self._usage(audio_ms, text)
         if self.active is current:
             self.active = None
         current.centralita_state = None  # type: ignore[union-attr]
@@ -848,7 +853,8 @@ class _Connection:
         if conversation:
             await self.send({"type": "conversation.item.done", "item": item})
 
-    async def _function_call(self, response: dict[str, Any], turn: Turn) -> None:
+    async def _function_call(self, response: dict[str, Any], turn: Turn) -> str:
+        """The scripted call, its arguments streamed as they are written; returns the arguments."""
         response_id = response["id"]
         item_id = self.server.new_id("item")
         call_id = self.server.new_id("call")
@@ -870,14 +876,32 @@ class _Connection:
         )
         await self.send({"type": "conversation.item.added", "item": item})
         common = {"response_id": response_id, "item_id": item_id, "output_index": 0, "call_id": call_id}
-        await self.send({"type": "response.function_call_arguments.delta", **common, "delta": arguments})
+        size = -(-len(arguments) // ARGUMENT_DELTAS)  # JSON of an object: never empty
+        pieces = [arguments[index : index + size] for index in range(0, len(arguments), size)]
+        written = ""
+        try:
+            for piece in pieces:
+                await asyncio.sleep(self.script.arguments_ms / 1000 / len(pieces))
+                written += piece  # on the wire before send() can wait (it waits only to drain)
+                await self.send({"type": "response.function_call_arguments.delta", **common, "delta": piece})
+        except asyncio.CancelledError:
+            # cut while the arguments were being written, as the service does: no arguments.done, the item
+            # ends "incomplete" with what was written (the call was never made: it waits for no output),
+            # and the cancelled response.done reports the tokens generated up to the cut
+            self.open_calls.pop(call_id, None)
+            response["usage"] = self._usage(0, written)
+            await self._finish_call(response, {**item, "status": "incomplete", "arguments": written})
+            raise
         await self.send(
             {"type": "response.function_call_arguments.done", **common, "name": turn.tool, "arguments": arguments}
         )
-        item = {**item, "status": "completed", "arguments": arguments}
+        await self._finish_call(response, {**item, "status": "completed", "arguments": arguments})
+        return arguments
+
+    async def _finish_call(self, response: dict[str, Any], item: dict[str, Any]) -> None:
         response["output"][-1] = item
         await self.send(
-            {"type": "response.output_item.done", "response_id": response_id, "output_index": 0, "item": item}
+            {"type": "response.output_item.done", "response_id": response["id"], "output_index": 0, "item": item}
         )
         await self.send({"type": "conversation.item.done", "item": item})
 
