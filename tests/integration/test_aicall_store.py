@@ -1,15 +1,25 @@
-"""AI call records in the real MariaDB: every table filled, duplicates refused, the spool replayed."""
+"""AI call records in the real MariaDB: every table filled, duplicates refused, the spool replayed,
+and an agent that stops while MariaDB hangs exits at once with its record spooled."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import json
+import socket
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
+import pytest
 from centralita.aicall.metrics import AicallMetrics
 from centralita.aicall.record import CallRecord, TranscriptLine, TurnRecord, UsageRecord
 from centralita.aicall.store import CallStore, write_record
 from centralita.aicall.tools.base import ToolOutcome
+from centralita.db import connect
 
 
 def _record(uid: str) -> CallRecord:
@@ -120,3 +130,170 @@ def test_a_record_mariadb_refuses_is_moved_aside_and_the_records_behind_it_are_w
     with db_conn.cursor() as cur:
         cur.execute("SELECT call_uid FROM aicall_calls WHERE call_uid LIKE '1795000001.2_' ORDER BY call_uid")
         assert [row["call_uid"] for row in cur.fetchall()] == ["1795000001.22", "1795000001.23"]
+
+
+def test_a_write_that_loses_the_race_for_its_call_keeps_the_copy_written_first(migrated_db, db_conn) -> None:
+    """The replay of a spooled record while the write cut short at shutdown is committed after all."""
+    first = connect(migrated_db, autocommit=False)
+    try:
+        with first.cursor() as cur:  # the first write holds the call's row, not committed yet
+            cur.execute(
+                "INSERT INTO aicall_calls (call_uid, started_at, end_reason)"
+                " VALUES ('1795000001.31', UTC_TIMESTAMP(), 'agent_stopped')"
+            )
+        outcome: dict[str, object] = {}
+        second = threading.Thread(
+            target=lambda: outcome.setdefault("id", write_record(migrated_db, _record("1795000001.31")))
+        )
+        second.start()  # its SELECT sees no row; its INSERT waits for the first one's lock
+        time.sleep(0.5)
+        first.commit()
+        second.join(30)
+    finally:
+        first.close()
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT id, end_reason FROM aicall_calls WHERE call_uid = '1795000001.31'")
+        rows = cur.fetchall()
+        cur.execute("SELECT COUNT(*) n FROM aicall_transcript WHERE call_id = %s", (rows[0]["id"],))
+        lines = cur.fetchone()["n"]
+    assert [row["end_reason"] for row in rows] == ["agent_stopped"] and outcome["id"] == rows[0]["id"]
+    assert lines == 0, "nothing of the second copy was written"
+
+
+class StallingMariaDb:
+    """A unix socket in front of the real MariaDB that stops answering once the client sends ``trigger``.
+
+    What the client sends still reaches the server (a COMMIT is carried out), but from then on the
+    server's answers are dropped: the client waits as on a hung MariaDB. When the client goes away
+    the server's connection is closed too, as the network would, so an open transaction is rolled back.
+    """
+
+    def __init__(self, upstream: str, path: Path, trigger: bytes) -> None:
+        self.upstream, self.path, self.trigger = upstream, path, trigger
+        self.stalled = threading.Event()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(path))
+        self._listener.listen(8)
+        self._sockets: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.connect(self.upstream)
+            self._sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, from_client: bool) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                for sock in (source, target):  # shut down first: a close alone leaves the other pump's recv
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                    sock.close()
+                return
+            if from_client and self.trigger in data:
+                self.stalled.set()
+            elif not from_client and self.stalled.is_set():
+                continue  # the hung server: its answer never comes
+            try:
+                target.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+
+
+_STOPPING_AGENT = """
+import asyncio, atexit, json, sys, threading
+from pathlib import Path
+from centralita.aicall.metrics import AicallMetrics
+from centralita.aicall.record import CallRecord
+from centralita.aicall.store import CallStore
+from centralita.db import DbSettings
+
+args = json.loads(Path(sys.argv[1]).read_text())
+
+def report():  # runs once the interpreter no longer waits for any thread
+    hung = [t.name for t in threading.enumerate() if t.name.startswith("aicall-store") and t.is_alive()]
+    print(json.dumps({"store_threads_at_exit": hung}), flush=True)
+
+atexit.register(report)
+
+async def main():
+    store = CallStore(DbSettings(**args["db"]), Path(args["spool"]), AicallMetrics())
+    saving = asyncio.get_running_loop().create_task(store.save(CallRecord.from_json(args["record"])))
+    while not Path(args["stalled"]).exists():  # the test says when MariaDB stopped answering
+        await asyncio.sleep(0.05)
+    saving.cancel()  # what the agent's stop does to a record still waiting for the database
+    try:
+        await saving
+    except asyncio.CancelledError:
+        print(json.dumps({"cancelled": True}), flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize(
+    ("trigger", "committed"),
+    # COM_QUERY's first byte, then the statement ("SET AUTOCOMMIT = 0" must not match)
+    [(b"\x03COMMIT", True), (b"\x03INSERT INTO aicall_calls", False)],
+    ids=["hung-after-the-commit", "hung-before-the-commit"],
+)
+def test_an_agent_stopping_while_mariadb_hangs_exits_at_once_and_its_record_is_written_once(
+    mariadb_server, migrated_db, db_conn, tmp_path, trigger, committed
+) -> None:
+    uid = f"1795000001.4{int(committed)}"
+    proxy = StallingMariaDb(mariadb_server.socket, tmp_path / "hung.sock", trigger)
+    spool, stalled = tmp_path / "spool", tmp_path / "stalled"
+    # the shared DB_* timeouts as long as they go: only the store's own may bound the hung write
+    db = dataclasses.asdict(migrated_db) | {"db_socket": str(proxy.path), "db_read_timeout": 3600}
+    arguments = tmp_path / "agent.json"
+    arguments.write_text(
+        json.dumps({"db": db, "spool": str(spool), "stalled": str(stalled), "record": _record(uid).to_json()})
+    )
+    agent = subprocess.Popen(
+        [sys.executable, "-c", _STOPPING_AGENT, str(arguments)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proxy.stalled.wait(30), "the record's write never reached MariaDB"
+        stalled.touch()
+        try:
+            out, err = agent.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the stopping agent did not exit while its record's write hung in MariaDB", pytrace=False)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.communicate()
+        proxy.close()
+    assert agent.returncode == 0, err
+    report = [json.loads(line) for line in out.splitlines()]
+    assert {"cancelled": True} in report
+    hung = report[-1]["store_threads_at_exit"]
+    assert hung, f"the process waited for the write blocked in MariaDB before exiting: {err[-2000:]}"
+    assert [p.name for p in spool.iterdir()] == [f"{uid}.json"], "the record waits in the spool"
+
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT COUNT(*) n FROM aicall_calls WHERE call_uid = %s", (uid,))
+        assert cur.fetchone()["n"] == (1 if committed else 0), "the server carried out what it was sent"
+    assert asyncio.run(CallStore(migrated_db, spool, AicallMetrics()).replay()) == 1
+    assert list(spool.iterdir()) == []
+    with db_conn.cursor() as cur:
+        cur.execute("SELECT id FROM aicall_calls WHERE call_uid = %s", (uid,))
+        [row] = cur.fetchall()
+        cur.execute("SELECT COUNT(*) n FROM aicall_transcript WHERE call_id = %s", (row["id"],))
+        assert cur.fetchone()["n"] == 3, "one copy of the call, whole"

@@ -6,6 +6,12 @@ never leaves half a file) and a background task retries the spool until MariaDB
 answers again. Replaying a record that was in fact written is harmless: the call's
 UniqueID is unique, and a duplicate is recognised and its spool file removed.
 
+Writes and replays run on daemon threads of their own, never in asyncio's pool: a thread
+blocked in a hung MariaDB would keep the process from exiting (the interpreter joins the
+pool's threads at exit, past the unit's stop timeout), while the record it holds is already
+in the spool. The store's connection also gives up on a silent server sooner than the
+shared DB_* timeouts, so such threads do not pile up while the agent runs.
+
 Only a lost connection keeps the spool waiting, in order. A record the database
 refuses for what it holds (too long a value, a constraint, the schema) would be
 refused forever: it is moved aside as ``<call>.bad`` with an error naming the file
@@ -16,13 +22,18 @@ written (a full disk, permissions), the whole record goes to the journal as JSON
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import logging
 import os
 import statistics
+import threading
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pymysql
 
@@ -36,6 +47,43 @@ log = logging.getLogger("centralita.aicall.store")
 # connection error, lock timeouts and deadlocks under OperationalError): the spool waits for these.
 # Any other database error is about the record itself and would come back on every try.
 WAIT_FOR_DATABASE = (pymysql.err.OperationalError, pymysql.err.InterfaceError, pymysql.err.InternalError)
+DUPLICATE_KEY = 1062  # ER_DUP_ENTRY
+# A record is a handful of small statements: a server silent this long is hung, and the record goes to
+# the spool. The shared DB_CONNECT_TIMEOUT / DB_READ_TIMEOUT still apply when they are shorter.
+STORE_CONNECT_TIMEOUT_S = 5
+STORE_IO_TIMEOUT_S = 10
+
+T = TypeVar("T")
+
+
+def _in_daemon_thread(function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """``function(*args)`` on a daemon thread of its own, as a future of the running loop.
+
+    Cancelling the future stops the wait, not the thread; the process does not wait for the
+    thread at exit either. A thread that finishes after its loop closed just ends.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def deliver(result: Any, error: BaseException | None) -> None:
+        if future.done():  # cancelled: nobody waits for the outcome any more
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def work() -> None:
+        try:
+            outcome: tuple[Any, BaseException | None] = (function(*args), None)
+        except Exception as exc:  # handed to the waiting coroutine, which logs or spools
+            outcome = (None, exc)
+        # the agent exited meanwhile (its loop is closed): the record this thread held was spooled
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(deliver, *outcome)
+
+    threading.Thread(target=work, name=f"aicall-store-{getattr(function, '__name__', 'work')}", daemon=True).start()
+    return future
 
 
 def _ts(value: float | None) -> datetime | None:
@@ -53,32 +101,41 @@ def write_record(settings: DbSettings, record: CallRecord) -> int:
             if existing:
                 conn.rollback()
                 return int(existing[0])
-            cur.execute(
-                "INSERT INTO aicall_calls (call_uid, channel, caller, did, started_at, answered_at, ended_at,"
-                " end_reason, transferred_to, recording_path, media, model, reconnects, input_tokens,"
-                " output_tokens, total_tokens, latency_p50_ms, latency_max_ms)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    record.call_id,
-                    record.channel_name[:255],
-                    record.caller[:80],
-                    record.did[:80],
-                    _ts(record.started_at),
-                    _ts(record.answered_at),
-                    _ts(record.ended_at),
-                    record.end_reason[:40],
-                    record.transferred_to,
-                    record.recording_path,
-                    record.media_kind,
-                    record.model[:80],
-                    record.reconnects,
-                    record.total("input_tokens"),
-                    record.total("output_tokens"),
-                    record.total("total_tokens"),
-                    round(statistics.median(latencies)) if latencies else None,
-                    max(latencies) if latencies else None,
-                ),
-            )
+            try:
+                cur.execute(
+                    "INSERT INTO aicall_calls (call_uid, channel, caller, did, started_at, answered_at, ended_at,"
+                    " end_reason, transferred_to, recording_path, media, model, reconnects, input_tokens,"
+                    " output_tokens, total_tokens, latency_p50_ms, latency_max_ms)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        record.call_id,
+                        record.channel_name[:255],
+                        record.caller[:80],
+                        record.did[:80],
+                        _ts(record.started_at),
+                        _ts(record.answered_at),
+                        _ts(record.ended_at),
+                        record.end_reason[:40],
+                        record.transferred_to,
+                        record.recording_path,
+                        record.media_kind,
+                        record.model[:80],
+                        record.reconnects,
+                        record.total("input_tokens"),
+                        record.total("output_tokens"),
+                        record.total("total_tokens"),
+                        round(statistics.median(latencies)) if latencies else None,
+                        max(latencies) if latencies else None,
+                    ),
+                )
+            except pymysql.err.IntegrityError as exc:
+                if exc.args[0] != DUPLICATE_KEY:
+                    raise
+                # Written meanwhile by another connection: a write cut short at shutdown whose commit
+                # reached the server after all, replayed from the spool now. That copy stands.
+                conn.rollback()
+                cur.execute("SELECT id FROM aicall_calls WHERE call_uid = %s", (record.call_id,))
+                return int(cur.fetchone()[0])
             call_id = cur.lastrowid
             cur.executemany(
                 "INSERT INTO aicall_transcript (call_id, seq, role, spoken_at, text, progress, item_id)"
@@ -145,7 +202,10 @@ def write_record(settings: DbSettings, record: CallRecord) -> int:
         conn.commit()
         return int(call_id)
     except BaseException:
-        conn.rollback()
+        # after a lost connection (a read timeout closes it) the rollback fails too: the error that
+        # matters, and decides between waiting and moving the record aside, is the first one
+        with contextlib.suppress(pymysql.MySQLError):
+            conn.rollback()
         raise
     finally:
         conn.close()
@@ -153,7 +213,11 @@ def write_record(settings: DbSettings, record: CallRecord) -> int:
 
 class CallStore:
     def __init__(self, settings: DbSettings, spool_dir: Path, metrics: AicallMetrics) -> None:
-        self.settings = settings
+        self.settings = dataclasses.replace(
+            settings,
+            db_connect_timeout=min(settings.db_connect_timeout, STORE_CONNECT_TIMEOUT_S),
+            db_read_timeout=min(settings.db_read_timeout, STORE_IO_TIMEOUT_S),
+        )
         self.spool_dir = spool_dir
         self.metrics = metrics
 
@@ -164,7 +228,7 @@ class CallStore:
         before it gives way: a write that still finishes in its thread is recognised on replay.
         """
         try:
-            await asyncio.to_thread(write_record, self.settings, record)
+            await _in_daemon_thread(write_record, self.settings, record)
             return True
         except pymysql.MySQLError as exc:
             log.error("call %s: database write failed (%s); keeping the record in the spool", record.call_id, exc)
@@ -241,7 +305,7 @@ class CallStore:
     async def replay(self) -> int:
         """Write spooled records; stops at the first connection error (they stay for the next try)."""
         try:
-            written = await asyncio.to_thread(self._replay_blocking)
+            written = await _in_daemon_thread(self._replay_blocking)
         except pymysql.MySQLError as exc:
             log.warning("spooled call records still waiting for the database: %s", exc)
             return 0
