@@ -441,35 +441,42 @@ class AicallAgent:
         received: dict[MediaPath, int | None] = {}  # the caller's RTP packets in Asterisk at half the timeout
         while True:
             await asyncio.sleep(watch.interval)
-            calls = {session.media: session for session in self.sessions.values() if not session.ended}
-            halfway, silent = watch.check(calls, time.monotonic())
-            for media in [media for media in received if media not in calls]:
-                del received[media]
-            if not (halfway or silent):
+            try:
+                await self._check_media(watch, received)
+            except Exception:  # a bug here must not stop the agent (run() ends with its tasks): said, then on
+                log.exception("media watch: the check failed; the next one runs as usual")
+
+    async def _check_media(self, watch: MediaWatch, received: dict[MediaPath, int | None]) -> None:
+        """One pass of :meth:`_watch_media` over every running call."""
+        calls = {session.media: session for session in self.sessions.values() if not session.ended}
+        halfway, silent = watch.check(calls, time.monotonic())
+        for media in [media for media in received if media not in calls]:
+            del received[media]
+        if not (halfway or silent):
+            return
+        asked = halfway + silent
+        counts = await asyncio.gather(*(self._caller_packets(calls[media].name) for media in asked))
+        for media, count in zip(asked, counts, strict=True):
+            session = calls[media]
+            if media in halfway:
+                received[media] = count
                 continue
-            asked = halfway + silent
-            counts = await asyncio.gather(*(self._caller_packets(calls[media].name) for media in asked))
-            for media, count in zip(asked, counts, strict=True):
-                session = calls[media]
-                if media in halfway:
-                    received[media] = count
-                    continue
-                before = received.pop(media, None)
-                if session.ended:
-                    continue
-                if before is not None and count == before:
-                    log.info(
-                        "call %s: no media from Asterisk for %.0f s, and no RTP from the caller either "
-                        "(on hold, silence suppression): the call goes on", session.name, watch.timeout,
-                    )  # fmt: skip
-                    watch.restart(media)
-                    continue
-                log.warning(
-                    "call %s: no media from Asterisk for %.0f s (%d frames received in all) while the caller's "
-                    "RTP reached Asterisk (packets %s, then %s); hanging up",
-                    session.name, watch.timeout, media.frames_in, before, count,
+            before = received.pop(media, None)
+            if session.ended:
+                continue
+            if before is not None and count == before:
+                log.info(
+                    "call %s: no media from Asterisk for %.0f s, and no RTP from the caller either "
+                    "(on hold, silence suppression): the call goes on", session.name, watch.timeout,
                 )  # fmt: skip
-                session.end("media_timeout")
+                watch.restart(media)
+                continue
+            log.warning(
+                "call %s: no media from Asterisk for %.0f s (%d frames received in all), while the caller's RTP "
+                "packets in Asterisk went from %s to %s (None: ARI could not say); hanging up",
+                session.name, watch.timeout, media.frames_in, before, count,
+            )  # fmt: skip
+            session.end("media_timeout")
 
     async def _caller_packets(self, channel_id: str) -> int | None:
         """RTP packets Asterisk has received from the caller so far, or None when ARI cannot say."""

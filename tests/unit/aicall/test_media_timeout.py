@@ -94,12 +94,15 @@ class WatchedAri(StubAri):
         self.caller_sends = caller_sends
         self.received = 1000
         self.asked = 0
+        self.broken_first_answer = False
         self.base = f"http://127.0.0.1:{media_port}/ari"  # where chan_websocket's /media/ is
 
     async def request(self, method: str, path: str, params: Any = None, body: Any = None) -> Any:
         await self._step("request", method, path)
         assert path.endswith("/rtp_statistics"), path
         self.asked += 1
+        if self.asked == 1 and self.broken_first_answer:
+            raise RuntimeError("a reply no code path expects")
         if self.caller_sends:
             self.received += 50
         return {"rxcount": self.received, "txcount": 0}
@@ -209,6 +212,26 @@ def test_a_call_whose_media_stops_while_the_caller_talks_is_hung_up_as_media_tim
     assert lab.agent.metrics.active_calls.value() == 0
     assert lab.models[0].closed
     assert lab.ari.asked >= 2, "Asterisk was asked whether the caller's RTP still came"
+
+
+def test_a_failing_check_is_logged_and_the_watch_goes_on(monkeypatch, caplog) -> None:
+    async def scenario() -> Lab:
+        lab, asterisk, _ = await _media_lab(monkeypatch, "rtp", caller_sends=True)
+        lab.ari.broken_first_answer = True
+        try:
+            session = lab.agent.sessions["1795.1"]
+            await _wait_for(lambda: session.media.frames_in >= 10, "the caller's first frames")
+            asterisk.stop_media()
+            await lab.until_saved()
+        finally:
+            asterisk.close()
+            await lab.stop()
+        return lab
+
+    with caplog.at_level("ERROR", logger="centralita.aicall.agent"):
+        lab = run(scenario())
+    assert [record.end_reason for record in lab.store.saved] == ["media_timeout"]
+    assert any("media watch: the check failed" in r.getMessage() for r in caplog.records)
 
 
 def test_a_caller_who_sends_no_rtp_keeps_the_call_though_no_media_comes_from_asterisk(monkeypatch) -> None:
