@@ -58,6 +58,32 @@ for what in ('channels', 'bridges'):
 print(json.dumps(found))
 """
 
+_MEDIA_PORT = """
+import base64, json, sys, urllib.request
+env = {}
+for line in open(sys.argv[1]):
+    key, sep, value = line.strip().partition('=')
+    if sep:
+        env[key] = value.strip(chr(34) + chr(39))
+token = base64.b64encode((env['AICALL_ARI_USER'] + ':' + env['AICALL_ARI_PASSWORD']).encode()).decode()
+base = env.get('AICALL_ARI_URL', 'http://127.0.0.1:8088').rstrip('/') + '/ari/'
+def get(path):
+    req = urllib.request.Request(base + path)
+    req.add_header('Authorization', 'Basic ' + token)
+    return json.load(urllib.request.urlopen(req, timeout=10))
+port = None
+for channel in get('channels'):
+    if channel['id'].endswith('-media'):
+        port = get('channels/' + channel['id'] + '/variable?variable=UNICASTRTP_LOCAL_PORT').get('value')
+print(json.dumps(port))
+"""
+
+_METRIC = """
+import sys, urllib.request
+text = urllib.request.urlopen('http://127.0.0.1:9471/metrics', timeout=10).read().decode()
+print(sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(sys.argv[1])))
+"""
+
 _MIKROTIK = """
 import json, sys, urllib.request
 req = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), headers={'Content-Type': 'application/json'})
@@ -155,6 +181,20 @@ class AiLine:
     def reset(self) -> None:
         self.script()
         self.router()
+
+    def asterisk_media_port(self, timeout: float = 20) -> int:
+        """The UDP port Asterisk's externalMedia channel of the call in progress sends its RTP from."""
+        deadline = time.monotonic() + timeout
+        while True:
+            port = json.loads(_vm_python(self.vm_exec, _MEDIA_PORT, AICALL_ENV))
+            if port:
+                return int(port)
+            assert time.monotonic() < deadline, "no externalMedia channel came up for the call"
+            time.sleep(0.3)
+
+    def calls_ended(self, reason: str) -> float:
+        """The agent's calls-by-end-reason counter for ``reason``."""
+        return float(_vm_python(self.vm_exec, _METRIC, f'centralita_aicall_calls_total{{reason="{reason}"}}'))
 
     def agent_pacing(self, call_uid: str, since: float) -> str:
         """The agent's own account of the frames it sent toward Asterisk for one call (its journal)."""
@@ -595,6 +635,10 @@ def test_an_asterisk_restart_ends_the_call_cleanly_and_the_next_call_is_answered
 def _set_provider(vm_exec, provider: str) -> None:
     """Switch the deployed agent's model provider (its env file, then a restart) and wait for its app."""
     vm_exec(f"sed -i \"s/^AICALL_PROVIDER=.*/AICALL_PROVIDER='{provider}'/\" {AICALL_ENV}")
+    _restart_agent(vm_exec)
+
+
+def _restart_agent(vm_exec) -> None:
     vm_exec("systemctl restart centralita-aicall", timeout=60)
     deadline = time.monotonic() + 60
     while "centralita-ai" not in vm_exec("asterisk -rx 'ari show apps'", check=False):
@@ -652,3 +696,100 @@ def test_a_gpt_live_session_answers_runs_a_tool_and_ends_the_call(live_line: AiL
     assert [(t["name"], t["outcome"]) for t in record["tools"]] == [("end_call", "ok")]
     assert int(record["total_tokens"]) > 0
     live_line.assert_clean()
+
+
+# -- media from Asterisk that stops --------------------------------------------------------------
+
+MEDIA_TIMEOUT_S = 4
+NFT_TABLE = "inet aicall_lab_media"
+
+
+@pytest.fixture
+def media_timeout_line(line: AiLine, vm_exec) -> Iterator[AiLine]:
+    """The AI line with the agent's media timeout at 4 s (its env file, then a restart), as deployed afterwards."""
+    deployed = vm_exec(f"grep '^AICALL_MEDIA_TIMEOUT_SECONDS=' {AICALL_ENV}", check=False).strip()
+    vm_exec(f"sed -i '/^AICALL_MEDIA_TIMEOUT_SECONDS=/d' {AICALL_ENV}")
+    vm_exec(f"echo \"AICALL_MEDIA_TIMEOUT_SECONDS='{MEDIA_TIMEOUT_S}'\" >> {AICALL_ENV}")
+    _restart_agent(vm_exec)
+    try:
+        yield line
+    finally:
+        vm_exec(f"nft delete table {NFT_TABLE}", check=False)
+        vm_exec(f"sed -i '/^AICALL_MEDIA_TIMEOUT_SECONDS=/d' {AICALL_ENV}")
+        if deployed:
+            vm_exec(f"echo {shlex.quote(deployed)} >> {AICALL_ENV}")
+        _restart_agent(vm_exec)
+
+
+def _drop(vm_exec, hook: str, rule: str) -> None:
+    """Drop the packets ``rule`` matches at ``hook`` in the VM (nftables, the test's own table)."""
+    vm_exec(f"nft add table {NFT_TABLE}")
+    vm_exec(f"nft 'add chain {NFT_TABLE} {hook} {{ type filter hook {hook} priority 0; }}'")
+    vm_exec(f"nft add rule {NFT_TABLE} {hook} {rule} counter drop")
+
+
+def _call_in_background(line: AiLine, hangup_after: float) -> tuple[threading.Thread, dict[str, Any]]:
+    outcome: dict[str, Any] = {}
+
+    def place() -> None:
+        try:
+            outcome["call"] = line.call([], hangup_after=hangup_after)
+        except BaseException as exc:  # reported by the main thread
+            outcome["error"] = exc
+
+    caller = threading.Thread(target=place, daemon=True)
+    caller.start()
+    return caller, outcome
+
+
+def _finished_call(
+    caller: threading.Thread, outcome: dict[str, Any], hangup_after: float
+) -> tuple[CallResult, str, float]:
+    caller.join(hangup_after + 60)
+    assert not caller.is_alive(), "the call did not end"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["call"]
+
+
+def test_a_call_whose_media_from_asterisk_stops_is_hung_up_as_media_timeout(
+    media_timeout_line: AiLine, vm_exec
+) -> None:
+    line = media_timeout_line
+    line.script(greeting="Hola, soy el asistente virtual.", greeting_ms=1500)
+    before = line.calls_ended("media_timeout")
+    caller, outcome = _call_in_background(line, hangup_after=40)
+    port = line.asterisk_media_port()
+    time.sleep(2)  # the greeting plays; the caller's RTP flows both ways
+    # the network between Asterisk and the agent breaks: Asterisk's RTP toward the agent is lost
+    _drop(vm_exec, "output", f"udp sport {port}")
+    result, caller_number, since = _finished_call(caller, outcome, 40)
+
+    assert result.ended_by == "remote", "the agent hung the caller up; the caller did not wait for its own hang-up"
+    assert result.heard_between(0, 2.0) >= 1.0, "the greeting was heard before the media stopped"
+    record = line.record(caller_number, since)
+    assert record["end_reason"] == "media_timeout"
+    (conn,) = line.connections(since)
+    assert conn["closed_at"] is not None and conn["close_code"] == 1000, "the model session was closed"
+    assert line.calls_ended("media_timeout") == before + 1
+    line.assert_clean()
+
+
+def test_a_caller_who_sends_no_rtp_for_a_while_is_not_hung_up_by_the_media_timeout(
+    media_timeout_line: AiLine, vm_exec
+) -> None:
+    line = media_timeout_line
+    line.script(greeting="Hola.", greeting_ms=1000)
+    caller, outcome = _call_in_background(line, hangup_after=18)
+    line.asterisk_media_port()
+    time.sleep(2)
+    # the caller sends nothing (on hold, silence suppression): Asterisk's bridge relays nothing to the agent
+    _drop(vm_exec, "input", f"ip saddr {line.lab.peer_address('provider')} udp dport != {PBX_PORT}")
+    time.sleep(3 * MEDIA_TIMEOUT_S)
+    vm_exec(f"nft delete table {NFT_TABLE}")
+    result, caller_number, since = _finished_call(caller, outcome, 18)
+
+    assert result.ended_by == "caller", f"the call was cut while the caller sent nothing: {result.windows}"
+    record = line.record(caller_number, since)
+    assert record["end_reason"] == "caller_hangup"
+    line.assert_clean()
