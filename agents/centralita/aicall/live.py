@@ -464,6 +464,9 @@ class LiveSession(WebsocketModelSession):
             item = nested.get("item") or {}
             if item.get("type") != "function_call":
                 return []
+            if item.get("status", "completed") != "completed":
+                # written only in part (the backend response was cut): its arguments are not the model's
+                return []
             response_id = self._backend_response
             call_id = str(item.get("call_id", ""))
             self._backend_calls.setdefault(response_id, []).append(call_id)

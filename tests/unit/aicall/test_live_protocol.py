@@ -408,3 +408,13 @@ def test_an_expired_session_ends_with_its_reason_and_final_usage() -> None:
     closed = fake.connections[0].sent[-1]
     assert closed["type"] == "session.closed" and closed["usage"]["seconds"] > 0
     assert_clean(fake.connections[0])
+
+
+def test_a_function_call_the_backend_left_incomplete_is_not_run() -> None:
+    model = live("ws://127.0.0.1:9")
+    model._parse({"type": "response.event", "event": {"type": "response.created", "response": {"id": "resp_1"}}})
+    cut = {"type": "function_call", "status": "incomplete", "call_id": "call_1", "name": "find_customer"}
+    whole = {**cut, "status": "completed", "call_id": "call_2", "arguments": '{"phone": "3001"}'}
+    for item in (cut, whole):
+        events = model._parse({"type": "response.event", "event": {"type": "response.output_item.done", "item": item}})
+        assert [e.call_id for e in events] == ([] if item is cut else ["call_2"])
