@@ -146,7 +146,16 @@ def test_a_write_that_loses_the_race_for_its_call_keeps_the_copy_written_first(m
             target=lambda: outcome.setdefault("id", write_record(migrated_db, _record("1795000001.31")))
         )
         second.start()  # its SELECT sees no row; its INSERT waits for the first one's lock
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while True:
+            with db_conn.cursor() as cur:
+                cur.execute(
+                    "SELECT COUNT(*) n FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO aicall_calls %'"
+                )
+                if cur.fetchone()["n"]:
+                    break
+            assert time.monotonic() < deadline and second.is_alive(), f"the second write never waited: {outcome}"
+            time.sleep(0.02)
         first.commit()
         second.join(30)
     finally:
@@ -211,7 +220,9 @@ class StallingMariaDb:
                 return
 
     def close(self) -> None:
-        for sock in self._sockets:
+        for sock in self._sockets:  # shut down first: a pump blocked in recv keeps a merely closed socket open
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
 
@@ -290,6 +301,16 @@ def test_an_agent_stopping_while_mariadb_hangs_exits_at_once_and_its_record_is_w
     with db_conn.cursor() as cur:
         cur.execute("SELECT COUNT(*) n FROM aicall_calls WHERE call_uid = %s", (uid,))
         assert cur.fetchone()["n"] == (1 if committed else 0), "the server carried out what it was sent"
+    # the next start replays the spool once the server has let go of the dead connection (its open
+    # transaction rolled back); a replay before that waits for the row's lock, and the record stays spooled
+    deadline = time.monotonic() + 30
+    while True:
+        with db_conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) n FROM information_schema.INNODB_TRX")
+            if cur.fetchone()["n"] == 0:
+                break
+        assert time.monotonic() < deadline, "MariaDB kept the hung connection's transaction open"
+        time.sleep(0.05)
     assert asyncio.run(CallStore(migrated_db, spool, AicallMetrics()).replay()) == 1
     assert list(spool.iterdir()) == []
     with db_conn.cursor() as cur:
