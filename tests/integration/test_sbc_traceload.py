@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import logging
 import uuid
 from collections.abc import Iterator
@@ -207,3 +208,172 @@ def test_the_file_stays_while_the_database_is_away(spool: Path, call_id: str) ->
     with pytest.raises(pymysql.Error):
         traceload.Loader(settings).run_once()
     assert path.exists()
+
+
+# -- statements the database did not take (sql_<time>.sql) ------------------------------------------
+
+
+def _statement(sql: str | bytes) -> bytes:
+    raw = sql.encode() if isinstance(sql, str) else sql
+    return b"S" + base64.b64encode(raw) + b"\n"
+
+
+def _intake(call_id: str, caller: bytes = b"5711") -> bytes:
+    """The writer's CDR INSERT for one refused call, as Kamailio builds it."""
+    return (
+        b"INSERT INTO sbc_cdr_intake (call_id, customer_id, source_ip, source_port, caller, callee_original,"
+        b" invite_at, sip_code, sip_reason, disposition, reject_reason, end_at) VALUES ('" + call_id.encode() + b"',"
+        b" NULL, '192.0.2.9', 5060, '" + caller + b"', '34911000000',"
+        b" '1970-01-01' + INTERVAL '1763900000.250000' SECOND_MICROSECOND, 403, 'Forbidden', 'rejected',"
+        b" 'unknown_source', '1970-01-01' + INTERVAL '1763900000.251000' SECOND_MICROSECOND)"
+        b" ON DUPLICATE KEY UPDATE id = id"
+    )
+
+
+def _event(call_id: str) -> str:
+    return (
+        "INSERT INTO events (created_at, type, severity, source, customer_id, carrier_id, message, payload) VALUES"
+        " ('1970-01-01' + INTERVAL '1763900000.500000' SECOND_MICROSECOND, 'security_flood_detected', 'critical',"
+        f" 'kamailio', NULL, NULL, '{call_id}', JSON_OBJECT('ip', '192.0.2.9'))"
+    )
+
+
+@pytest.fixture
+def replayed(migrated_db: DbSettings, call_id: str) -> Iterator[None]:
+    yield
+    with connect(migrated_db) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM sbc_cdrs WHERE call_id LIKE %s", (call_id + "%",))
+        cur.execute("DELETE FROM sbc_cdr_intake WHERE call_id LIKE %s", (call_id + "%",))
+        cur.execute("DELETE FROM events WHERE message LIKE %s", (call_id + "%",))
+
+
+def _cdrs_and_events(settings: DbSettings, call_id: str) -> tuple[list[dict], list[dict], int]:
+    with connect(settings) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT call_id, caller, invite_at, reject_reason, sip_code FROM sbc_cdrs WHERE call_id LIKE %s"
+            " ORDER BY call_id",
+            (call_id + "%",),
+        )
+        cdrs = list(cur.fetchall())
+        cur.execute("SELECT type, created_at FROM events WHERE message LIKE %s", (call_id + "%",))
+        events = list(cur.fetchall())
+        cur.execute("SELECT COUNT(*) AS n FROM sbc_cdr_intake WHERE call_id LIKE %s", (call_id + "%",))
+        return cdrs, events, cur.fetchone()["n"]
+
+
+def test_statements_kept_while_the_database_was_away_are_replayed_and_their_cdrs_filed(
+    loader: traceload.Loader, spool: Path, migrated_db: DbSettings, call_id: str, replayed: None
+) -> None:
+    (spool / "sql_100.sql").write_bytes(
+        _statement(_intake(call_id + "-a")) + b"\n" + _statement(_event(call_id)) + _statement(_intake(call_id + "-b"))
+    )
+    (spool / "sql_101.sql").write_bytes(b"")
+
+    assert loader.run_once() == 1
+
+    cdrs, events, waiting = _cdrs_and_events(migrated_db, call_id)
+    assert [c["call_id"] for c in cdrs] == [call_id + "-a", call_id + "-b"]
+    assert cdrs[0]["invite_at"] == dt.datetime(2025, 11, 23, 12, 13, 20, 250000)
+    assert cdrs[0]["reject_reason"] == "unknown_source" and cdrs[0]["sip_code"] == 403
+    assert waiting == 0, "the replayed CDRs were filed"
+    assert events == [{"type": "security_flood_detected", "created_at": dt.datetime(2025, 11, 23, 12, 13, 20, 500000)}]
+    assert sorted(p.name for p in spool.iterdir()) == ["sql_101.sql"]
+    with connect(migrated_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT row_count, refused FROM sip_trace_files WHERE origin = %s", (loader.s.origin,))
+        assert cur.fetchone() == {"row_count": 3, "refused": 0}
+
+
+def test_a_statement_the_database_refuses_is_quarantined_with_its_reason_and_the_rest_go_in(
+    loader: traceload.Loader,
+    spool: Path,
+    migrated_db: DbSettings,
+    call_id: str,
+    replayed: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refused = "INSERT INTO events (no_such_column) VALUES (1)"
+    (spool / "sql_100.sql").write_bytes(
+        _statement(refused)
+        + b"Snot base64!\n"
+        + _statement(_intake(call_id + "-x", caller=b"57\xe9"))
+        + _statement(_intake(call_id + "-a"))
+        + _statement(_event(call_id))[:20]
+    )
+    (spool / "sql_101.sql").write_bytes(b"")
+
+    with caplog.at_level(logging.ERROR, logger="centralita.sbc.traceload"):
+        assert loader.run_once() == 1
+
+    cdrs, events, _ = _cdrs_and_events(migrated_db, call_id)
+    assert [c["call_id"] for c in cdrs] == [call_id + "-a"]
+    assert events == []
+    kept = (spool / "quarantine" / "sql_100.sql").read_bytes().split(b"\n")
+    assert [line.split(b"\t")[0] for line in kept if line] == [b"1", b"2", b"3", b"5"]
+    assert base64.b64decode(kept[0].split(b"\t")[1][1:]) == refused.encode()
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("line 1 refused: refused by the database" in m and "no_such_column" in m for m in logged), logged
+    assert any("line 2 refused: statement is not base64" in m for m in logged), logged
+    assert any("line 3 refused: refused by the database: Incorrect string value" in m for m in logged), logged
+    assert any("line 5 refused: cut short" in m for m in logged), logged
+    with connect(migrated_db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT row_count, refused FROM sip_trace_files WHERE origin = %s", (loader.s.origin,))
+        assert cur.fetchone() == {"row_count": 1, "refused": 4}
+
+
+def test_a_replay_cut_by_a_lost_connection_leaves_nothing_and_runs_again_whole(
+    loader: traceload.Loader,
+    spool: Path,
+    migrated_db: DbSettings,
+    call_id: str,
+    replayed: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = spool / "sql_100.sql"
+    path.write_bytes(_statement(_event(call_id)) + _statement(_intake(call_id + "-a")))
+    (spool / "sql_101.sql").write_bytes(b"")
+    real_execute = pymysql.cursors.Cursor.execute
+
+    def lose_connection_at_the_cdr(self: pymysql.cursors.Cursor, query: object, args: object = None) -> int:
+        if isinstance(query, bytes) and query.startswith(b"INSERT INTO sbc_cdr_intake"):
+            raise pymysql.OperationalError(2013, "Lost connection to server during query")
+        return real_execute(self, query, args)
+
+    with monkeypatch.context() as m:
+        m.setattr(pymysql.cursors.Cursor, "execute", lose_connection_at_the_cdr)
+        with pytest.raises(pymysql.OperationalError):
+            loader.run_once()
+    loader._drop_connection()
+    assert path.exists()
+    assert _cdrs_and_events(migrated_db, call_id) == ([], [], 0), "the event went with the transaction"
+
+    assert loader.run_once() == 1
+    cdrs, events, _ = _cdrs_and_events(migrated_db, call_id)
+    assert len(cdrs) == 1 and len(events) == 1
+    assert not path.exists()
+
+
+def test_a_statements_file_loaded_before_its_deletion_is_not_replayed_twice(
+    loader: traceload.Loader,
+    spool: Path,
+    migrated_db: DbSettings,
+    call_id: str,
+    replayed: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = spool / "sql_100.sql"
+    path.write_bytes(_statement(_event(call_id)))
+    (spool / "sql_101.sql").write_bytes(b"")
+    real_unlink = Path.unlink
+
+    def stop(self: Path, missing_ok: bool = False) -> None:
+        if self == path:
+            raise OSError("stopped")
+        real_unlink(self, missing_ok=missing_ok)
+
+    with monkeypatch.context() as m:
+        m.setattr(Path, "unlink", stop)
+        with pytest.raises(OSError):
+            loader.run_once()
+    assert loader.run_once() == 1
+    assert not path.exists()
+    assert len(_cdrs_and_events(migrated_db, call_id)[1]) == 1

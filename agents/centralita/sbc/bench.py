@@ -48,9 +48,9 @@ CPU_SAMPLE = (
     " nproc"
 )
 BENCH_TAG = "centralita-bench"
-# Kamailio's SIP trace spool (the kamailio role's default): a step's traces are in the database once it
-# holds only the file Kamailio writes
-TRACE_SPOOL = "/var/spool/centralita/sbc-traces"
+# Kamailio's spool (the kamailio role's default): a step's traces are in the database once it holds only
+# the traces file Kamailio writes
+TRACE_SPOOL = "/var/spool/centralita/sbc"
 # rows deleted by one statement when the bench cleans up after itself
 DELETE_CHUNK = 20000
 

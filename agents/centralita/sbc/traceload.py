@@ -1,23 +1,33 @@
-"""The SBC's SIP trace loader: Kamailio's trace spool files into sip_traces.
+"""The SBC's spool loader: Kamailio's spool files into the database.
 
-Kamailio writes every traced message as one line of a spool file (file_out)
-and starts a new file every few seconds. A closed file goes in here with one
-LOAD DATA LOCAL: no SQL text is built per message in Kamailio's script or
-parsed by MariaDB, and traces wait on disk, not in Kamailio's memory.
+Kamailio writes two kinds of spool file (file_out) and starts a new file of
+each every few seconds; this loader takes the closed ones.
 
-A line: ``T`` then, tab-separated, the time (Unix seconds.microseconds, UTC),
-direction, source address and port, destination address and port, transport,
-the method of a request or the code of a reply (the other field empty), CSeq,
-Call-ID and the message's bytes in base64. Empty lines are Kamailio's ticks
-that close a file in a quiet spell; LOAD DATA skips them (LINES STARTING BY).
+SIP traces (``traces_<time>.tsv``): every traced message is a line, and a
+closed file goes in with one LOAD DATA LOCAL: no SQL text is built per message
+in Kamailio's script or parsed by MariaDB, and traces wait on disk, not in
+Kamailio's memory. A line: ``T`` then, tab-separated, the time (Unix
+seconds.microseconds, UTC), direction, source address and port, destination
+address and port, transport, the method of a request or the code of a reply
+(the other field empty), CSeq, Call-ID and the message's bytes in base64.
+
+Statements (``sql_<time>.sql``): the database writer's INSERTs of CDRs and
+events (and carrier states, bans) that the database did not take, because it
+was away or refused them. A line is ``S`` and the statement in base64. They
+are replayed in file order; then the CDRs among them are filed
+(``CALL sbc_file_cdrs()``). They do not depend on their order relative to
+what Kamailio wrote directly once the database was back: CDRs are keyed by
+call, events, bans and carrier states carry the time they happened.
+
+Empty lines are Kamailio's ticks that close a file in a quiet spell.
 
 Each file is loaded in one transaction together with a row of
 sip_trace_files naming it, and deleted only after the commit. A loader that
 dies before the commit leaves nothing behind and loads the file again; one
 that dies between the commit and the deletion finds the row and only deletes
-the file. A line the database could not take whole (a wrong field, a cut
-last line) is not dropped: it goes to ``quarantine/<file>`` and the log names
-the file, the line and why; the rest of the file is loaded.
+the file. A line the database could not take (a wrong field, a cut last line,
+a statement it refuses) is not dropped: it goes to ``quarantine/<file>`` and
+the log names the file, the line and why; the rest of the file is loaded.
 
 This file needs only Python 3.11+ and pymysql: the kamailio role installs it
 on SBC hosts, which need not have the agents' venv. Settings come from the
@@ -43,7 +53,10 @@ import pymysql
 log = logging.getLogger("centralita.sbc.traceload")
 
 # file_out names a file <name>_<unix time><extension>
-FILE_RE = re.compile(r"^(?P<name>[A-Za-z0-9-]+)_(?P<ts>\d+)\.tsv$")
+FILE_RE = re.compile(r"^(?P<name>[A-Za-z0-9-]+)_(?P<ts>\d+)\.(?:tsv|sql)$")
+# errors after which the same statement may well go in later: the connection (client errors 2xxx), the server
+# going away or busy, a lock wait or deadlock (the transaction is gone): the file is tried again as a whole
+RETRY_LATER = {1040, 1053, 1205, 1213, 1290, 1927, 4031}
 FIELDS = 12
 LOAD_SQL = (
     "LOAD DATA LOCAL INFILE %s INTO TABLE sip_traces CHARACTER SET utf8mb4"
@@ -181,6 +194,28 @@ def line_problem(line: bytes) -> str | None:
     return None
 
 
+def statement_of(line: bytes) -> tuple[bytes | None, str]:
+    """The SQL statement of a statements file's line (without its newline), or None and why not. It stays
+    bytes: pymysql sends bytes as they are, so MariaDB gets exactly what Kamailio would have sent (bytes of a
+    SIP message that are not UTF-8 included) and treats them as it does when Kamailio writes directly."""
+    if not line.startswith(b"S"):
+        return None, "not a statement line (it does not start with S)"
+    try:
+        raw = binascii.a2b_base64(line[1:], strict_mode=True)
+    except binascii.Error as exc:
+        return None, f"statement is not base64 ({exc})"
+    if not raw.strip():
+        return None, "empty statement"
+    return raw, ""
+
+
+def _retry_later(exc: pymysql.MySQLError) -> bool:
+    if isinstance(exc, pymysql.err.InterfaceError):
+        return True
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+    return 2000 <= code < 3000 or code in RETRY_LATER
+
+
 class Loader:
     def __init__(self, settings: Settings, connect: Callable[[], pymysql.Connection] | None = None) -> None:
         self.s = settings
@@ -245,6 +280,8 @@ class Loader:
             self._quarantine_whole(path)
             return 0
         data = path.read_bytes()
+        if path.suffix == ".sql":
+            return self._replay(conn, path, data, size)
         if data.endswith(b"\n") or not data:
             if data[:1] in (b"T", b"\n", b"") and not ODD_LINE.search(data):
                 # every line is a trace or a tick: the traces are the lines that are not empty
@@ -323,6 +360,62 @@ class Loader:
         path.unlink()
         return rows
 
+    def _replay(self, conn: pymysql.Connection, path: Path, data: bytes, size: int) -> int:
+        """Runs a statements file's statements in one transaction, then files the CDRs among them; the
+        statements that went in. One the database refuses goes to the quarantine with its reason."""
+        lines = data.split(b"\n")
+        cut_last = lines[-1] != b""
+        if not cut_last:
+            lines.pop()
+        done = 0
+        cdrs = False
+        bad: list[tuple[int, bytes, str]] = []
+        for number, line in enumerate(lines, 1):
+            if not line:
+                continue
+            if cut_last and number == len(lines):
+                bad.append((number, line, "cut short (no end of line)"))
+                continue
+            statement, problem = statement_of(line)
+            if statement is None:
+                bad.append((number, line, problem))
+                continue
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(statement)
+            except pymysql.MySQLError as exc:
+                if _retry_later(exc):
+                    conn.rollback()
+                    raise
+                bad.append((number, line, f"refused by the database: {exc.args[-1]} ({exc.args[0]})"))
+                continue
+            done += 1
+            cdrs = cdrs or statement.startswith(b"INSERT INTO sbc_cdr_intake ")
+        if done == 0 and not bad:
+            conn.rollback()
+            path.unlink()  # ticks only
+            return 0
+        self._write_quarantine(path, bad)
+        self._commit(conn, path, size, done, len(bad))
+        path.unlink()
+        if done:
+            log.info("%s: %d statements written to the database after it was away", path.name, done)
+        if cdrs:
+            self._file_cdrs(conn)
+        return done
+
+    @staticmethod
+    def _file_cdrs(conn: pymysql.Connection) -> None:
+        try:
+            with conn.cursor() as cur:
+                cur.execute("CALL sbc_file_cdrs()")
+            conn.commit()
+        except pymysql.MySQLError as exc:
+            conn.rollback()
+            if _retry_later(exc):
+                raise
+            log.warning("filing the replayed CDRs failed (Kamailio's housekeeping files them within a minute): %s", exc)
+
     @staticmethod
     def _warned_rows(conn: pymysql.Connection) -> dict[int, str]:
         with conn.cursor() as cur:
@@ -379,12 +472,12 @@ class Loader:
             try:
                 handled = self.run_once()
                 if failing:
-                    log.info("the database takes traces again")
+                    log.info("the database takes the spool again")
                     failing = False
             except (pymysql.Error, OSError) as exc:
                 self._drop_connection()
                 if not failing:
-                    log.error("loading the trace spool failed (files are kept and tried again): %s", exc)
+                    log.error("loading the spool failed (files are kept and tried again): %s", exc)
                     failing = True
                 time.sleep(2)
                 continue
@@ -413,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     loader = Loader(settings)
     for stale in loader.work.glob("*") if loader.work.is_dir() else []:
         stale.unlink()  # a part of a file whose loading stopped: the file itself is still in the spool
-    log.info("loading SIP traces from %s into %s as %s", settings.spool_dir, settings.db_name, settings.origin)
+    log.info("loading the spool %s into %s as %s", settings.spool_dir, settings.db_name, settings.origin)
     try:
         loader.run_forever()
     except KeyboardInterrupt:

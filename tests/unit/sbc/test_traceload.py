@@ -33,11 +33,31 @@ def test_a_line_the_table_cannot_take_is_named_with_the_reason(line: bytes, why:
 
 
 def test_only_files_kamailio_left_for_a_newer_one_are_closed(tmp_path: Path) -> None:
-    for name in ("traces_100.tsv", "traces_99.tsv", "traces_101.tsv", "traces_x.tsv", "notes.txt"):
+    traces = ("traces_100.tsv", "traces_99.tsv", "traces_101.tsv", "traces_x.tsv", "notes.txt")
+    for name in (*traces, "sql_98.sql", "sql_150.sql"):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "quarantine").mkdir()
     settings = traceload.Settings(spool_dir=tmp_path, db_user="u", db_password="", db_name="d")
-    assert [p.name for p in traceload.Loader(settings).closed_files()] == ["traces_99.tsv", "traces_100.tsv"]
+    closed = [p.name for p in traceload.Loader(settings).closed_files()]
+    assert closed == ["sql_98.sql", "traces_99.tsv", "traces_100.tsv"], "oldest first; each kind's newest is open"
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        (b"T" + base64.b64encode(b"SELECT 1"), "not a statement line"),
+        (b"Snot base64!", "not base64"),
+        (b"S" + base64.b64encode(b"   "), "empty statement"),
+    ],
+)
+def test_a_statement_line_that_cannot_be_run_is_named_with_the_reason(line: bytes, why: str) -> None:
+    statement, problem = traceload.statement_of(line)
+    assert statement is None and why in problem
+
+
+def test_a_statement_keeps_its_bytes_as_kamailio_wrote_them() -> None:
+    raw = b"INSERT INTO events (message) VALUES ('caf\xe9 \t')"
+    assert traceload.statement_of(b"S" + base64.b64encode(raw)) == (raw, "")
 
 
 def test_settings_name_the_variable_that_is_wrong() -> None:
