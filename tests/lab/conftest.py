@@ -174,13 +174,14 @@ def _lab_is_up(lab: Lab, vm: str) -> bool:
     return True
 
 
-def _converge(lab: Lab, vm: str) -> None:
+def _converge(lab: Lab, vm: str, playbook: str = "site.yml", extra_vars: dict[str, Any] | None = None) -> None:
+    """``playbook`` into the lab VM, as the README's commands do; ``extra_vars`` (-e) over the inventory's."""
     env = dict(os.environ, CENTRALITA_LAB_ADDRESS=lab.address(vm), ANSIBLE_CONFIG=str(REPO / "ansible.cfg"))
     venv_bin = REPO / ".venv" / "bin"
     env["PATH"] = f"{venv_bin}:{env.get('PATH', '')}"
-    playbook = venv_bin / "ansible-playbook"
+    extra = ["-e", json.dumps(extra_vars)] if extra_vars else []
     done = subprocess.run(
-        [str(playbook), "-i", "inventory/lab", "site.yml"],
+        [str(venv_bin / "ansible-playbook"), "-i", "inventory/lab", playbook, *extra],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -190,7 +191,22 @@ def _converge(lab: Lab, vm: str) -> None:
     )
     if done.returncode != 0:
         tail = "\n".join(done.stdout.splitlines()[-40:])
-        pytest.fail(f"converging site.yml into lab {lab.name} failed:\n{tail}\n{done.stderr[-2000:]}", pytrace=False)
+        pytest.fail(f"converging {playbook} into lab {lab.name} failed:\n{tail}\n{done.stderr[-2000:]}", pytrace=False)
+
+
+@pytest.fixture
+def converge_sbc(lab: LabHandle) -> Iterator:
+    """``converge_sbc(**role_vars)``: the SBC playbook with these kamailio role settings; the lab's own
+    settings are converged back afterwards."""
+    changed: list[bool] = []
+
+    def _run(**role_vars: Any) -> None:
+        changed.append(True)
+        _converge(lab.lab, lab.vm, "playbooks/sbc.yml", role_vars)
+
+    yield _run
+    if changed:
+        _converge(lab.lab, lab.vm, "playbooks/sbc.yml")
 
 
 @pytest.fixture(scope="session")

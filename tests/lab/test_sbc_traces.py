@@ -1,14 +1,20 @@
 """SIP traces through Kamailio's spool files and the trace loader, in the lab VM: the whole ladder of a
-call reaches sip_traces, and files written while the loader is stopped outlive a Kamailio restart."""
+call reaches sip_traces, and files written while the loader is stopped outlive a Kamailio restart; with a
+Homer collector set, every message also goes to it over HEP."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 NUMBER = "573001234567"
 SPOOL = "/var/spool/centralita/sbc"
+HEP_COLLECTOR = Path(__file__).resolve().parent / "scenarios" / "hep_collector.py"
 
 
 @pytest.fixture
@@ -104,3 +110,52 @@ def test_spool_files_outlive_a_kamailio_restart_and_are_loaded_after_it(world, v
     while before & set(vm_exec(f"ls {SPOOL}").split()):
         assert time.monotonic() < deadline, "loaded spool files are deleted"
         time.sleep(0.5)
+
+
+def _method_or_code(message: str) -> str:
+    first = message.split(" ", 2)
+    return first[1] if first[0].startswith("SIP/") else first[0]
+
+
+def test_with_a_homer_collector_set_every_message_of_a_call_goes_to_it_over_hep(world, converge_sbc):
+    cust = world.add_peer("cust")
+    car = world.add_peer("carrier1")
+    homer = world.add_peer("homer")
+    world.carrier(car)
+    customer = world.customer(cust)
+    converge_sbc(kamailio_homer_uri=f"sip:{homer}:9060", kamailio_hep_capture_id=2301)
+    world.reload()
+    collector = subprocess.Popen(
+        world.lab.lab.peer_cmd("homer", [sys.executable, str(HEP_COLLECTOR), homer, "9060", "25"]),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "listening" in (collector.stdout.readline() if collector.stdout else "")
+        world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=1, timeout=30)
+        assert world.sipp("cust", "sbc_customer.xml", world.sbc, calls=1, timeout=30, extra=["-s", NUMBER]).ok
+        (cdr,) = world.cdrs(customer)
+        out, _ = collector.communicate(timeout=60)
+    finally:
+        if collector.poll() is None:
+            collector.kill()
+            collector.wait()
+    packets = [json.loads(line) for line in out.splitlines()]
+    assert not [p for p in packets if "error" in p], packets
+    mine = [p for p in packets if f"Call-ID: {cdr['call_id']}" in p.get("payload", "")]
+    assert mine, packets
+    assert {(p["capture_id"], p["protocol_type"], p["ip_protocol"], p["ip_family"]) for p in mine} == {
+        (2301, 1, 17, 2)
+    }, "capture id as set, SIP over UDP, IPv4"
+    seen = {(_method_or_code(p["payload"]), p["src_ip"], p["dst_ip"]) for p in mine}
+    sbc = world.sbc.split(":")[0]
+    # both legs, as received and as sent: the INVITE, its answers, the ACK, the BYE and its 200
+    for what in ("INVITE", "ACK", "BYE"):
+        assert {(what, cust, sbc), (what, sbc, car)} <= seen, (what, sorted(seen))
+    for what in ("180", "200"):
+        assert {(what, car, sbc), (what, sbc, cust)} <= seen, (what, sorted(seen))
+    assert ("100", sbc, cust) in seen, "Kamailio's own replies too"
+    answers = [p for p in mine if p["payload"].startswith("SIP/2.0 200")]
+    bye_answers = {(p["src_ip"], p["dst_ip"]) for p in answers if " BYE\r\n" in p["payload"]}
+    assert bye_answers == {(car, sbc), (sbc, cust)}, "the BYE's answer, as received and as relayed"
+    assert all(abs(p["time_sec"] - time.time()) < 120 for p in mine), "each with the time it was captured"
