@@ -331,21 +331,22 @@ def test_rate_prefixes_longer_than_16_digits_route_and_bill_the_call(world):
     assert float(cdr["cost"]) == pytest.approx(int(cdr["billed_seconds_cost"]) / 60 * 0.02, abs=1e-6)
 
 
-def test_busy_goes_back_to_the_customer_without_failover(world):
+@pytest.mark.parametrize(("code", "disposition"), [(486, "busy"), (603, "failed")])
+def test_a_user_answer_goes_back_to_the_customer_without_failover(world, code, disposition):
     world.add_peer("cust")
     busy = world.carrier(world.add_peer("carrier1"), rates={"57": 0.01})
     world.carrier(world.add_peer("carrier2"), rates={"57": 0.02})
     customer = world.customer(world.lab.peer_address("cust"))
     world.reload()
-    world.sipp.start("carrier1", "sbc_carrier_486.xml", calls=1, timeout=30)
+    world.sipp.start("carrier1", f"sbc_carrier_{code}.xml", calls=1, timeout=30)
     second = world.sipp.start("carrier2", "sbc_carrier_quick.xml", calls=1, timeout=30)
 
     result = call(world, "cust")
 
-    assert "SIP/2.0 486" in world.messages(result)
+    assert f"SIP/2.0 {code}" in world.messages(result)
     (cdr,) = world.cdrs(customer)
-    assert (cdr["disposition"], cdr["sip_code"]) == ("busy", "486")
-    assert world.tried(cdr) == [{"carrier_id": busy, "code": 486}]
+    assert (cdr["disposition"], cdr["sip_code"]) == (disposition, str(code))
+    assert world.tried(cdr) == [{"carrier_id": busy, "code": code}]
     second.stop()
     assert "INVITE sip:" not in world.messages(second)
 
