@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from aicall_harness import run
-from centralita.aicall.tools.base import Tool, ToolBox, check_arguments
+from centralita.aicall.tools.base import Tool, ToolBox, check_arguments, tool_executor
 from centralita.aicall.tools.mikrotik import HttpApiBackend, Router, RouterOsBackend, mikrotik_tools
 from centralita.fakes.mikrotik import FakeMikrotik
 
@@ -175,3 +178,47 @@ def test_each_request_waits_at_most_what_its_own_tool_has_left() -> None:
         api._session.request = recording(api._session.request)
         assert _call(ToolBox(mikrotik_tools(api, 2, 20)), "customer_status", pppoe_user="ana.gomez")[0] == "ok"
         assert reads[-1][1] <= 2
+
+
+_STOPPING_WITH_A_ROUTER_HUNG = """
+import atexit, json, threading
+from centralita.aicall.tools.base import tool_executor
+
+def report():  # runs once the interpreter no longer waits for any thread
+    hung = [t.name for t in threading.enumerate() if t.name.startswith("aicall-tool") and t.is_alive()]
+    print(json.dumps(hung), flush=True)
+
+atexit.register(report)
+pool = tool_executor(2)
+started = threading.Event()
+pool.submit(lambda: (started.set(), threading.Event().wait()))  # a router that never answers
+started.wait(10)
+pool.shutdown(wait=False, cancel_futures=True)  # what the agent does at stop
+"""
+
+
+def test_a_tool_request_hung_on_a_router_does_not_keep_a_stopping_agent_alive() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _STOPPING_WITH_A_ROUTER_HUNG], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == ["aicall-tool_0"], "the process exited with the request hung"
+
+
+def test_the_tool_pool_runs_at_most_its_threads_and_a_request_given_up_while_queued_never_runs() -> None:
+    pool = tool_executor(2)
+    release, ran = threading.Event(), []
+    busy = [pool.submit(release.wait, 10) for _ in range(2)]
+    queued = pool.submit(ran.append, "queued")
+    try:
+        assert queued.cancel(), "with both threads busy, the third request waits in the queue"
+        last = pool.submit(ran.append, "last")
+        release.set()
+        last.result(10)
+        assert all(future.result(10) for future in busy)
+        assert ran == ["last"]
+    finally:
+        release.set()
+        pool.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        pool.submit(ran.append, "late")

@@ -18,9 +18,11 @@ import contextvars
 import functools
 import json
 import logging
+import queue
+import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -48,9 +50,75 @@ def time_left(cap: float) -> float:
     return max(MIN_REQUEST_S, min(cap, deadline - time.monotonic()))
 
 
-def tool_executor(workers: int = TOOL_THREADS) -> ThreadPoolExecutor:
+class DaemonThreadPool(Executor):
+    """A bounded pool of daemon threads, started as work comes, that the process does not wait for.
+
+    ``ThreadPoolExecutor``'s threads are joined when the interpreter exits, even after
+    ``shutdown(wait=False)``: a request still waiting on a router at SIGTERM (a ping may wait
+    ``AICALL_PING_TIMEOUT_SECONDS``) would keep the stopping agent past its unit's stop timeout,
+    although its call has ended and nobody waits for the answer.
+    """
+
+    def __init__(self, workers: int, name: str) -> None:
+        if workers < 1:
+            raise ValueError("a pool needs at least one thread")
+        self.workers = workers
+        self.name = name
+        self._work: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)  # threads waiting for work
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._shut = False
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        with self._lock:
+            if self._shut:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._work.put((future, functools.partial(fn, *args, **kwargs)))
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self.workers:
+                thread = threading.Thread(target=self._run, name=f"{self.name}_{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+        return future
+
+    def _run(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                self._work.put(None)  # the next thread stops too
+                return
+            future, function = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = function()
+                except BaseException as exc:  # the future carries it to whoever waits
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del item, future, function  # no reference kept to a finished request while idle
+            self._idle.release()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shut = True
+        if cancel_futures:
+            while True:
+                try:
+                    item = self._work.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+        self._work.put(None)
+        if wait:
+            for thread in list(self._threads):
+                thread.join()
+
+
+def tool_executor(workers: int = TOOL_THREADS) -> Executor:
     """A bounded pool for the tools' blocking requests, apart from asyncio's default pool."""
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="aicall-tool")
+    return DaemonThreadPool(workers, "aicall-tool")
 
 
 async def run_blocking(executor: Executor, function: Callable[..., T], *args: Any) -> T:
