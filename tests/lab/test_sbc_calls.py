@@ -79,6 +79,26 @@ def test_unknown_source_ip_gets_403_logged_for_fail2ban(world, vm_exec):
     world.q("DELETE FROM sbc_cdrs WHERE source_ip = %s AND customer_id IS NULL", (stranger,))
 
 
+def test_fail2ban_bans_a_source_that_keeps_sending_from_an_unknown_address(world, vm_exec):
+    """The kamailio jail matches the SECURITY line: five refused INVITEs, and the host is banned on every
+    port until the ban is lifted."""
+    stranger = world.add_peer("stranger")
+    world.reload()
+    try:
+        world.sipp("stranger", "sbc_customer.xml", world.sbc, calls=6, rate=6, timeout=20, extra=["-s", NUMBER])
+        deadline = time.monotonic() + 30
+        banned = "nft list set inet f2b-table addr-set-kamailio 2>/dev/null"
+        while stranger not in vm_exec(banned, check=False):
+            assert time.monotonic() < deadline, vm_exec("fail2ban-client status kamailio", check=False)
+            time.sleep(1)
+        probe = world.sipp("stranger", "sbc_customer.xml", world.sbc, calls=1, timeout=3, extra=["-s", NUMBER])
+        received = [block.split(":", 1)[-1].lstrip() for block in world.messages(probe).split("message received")[1:]]
+        assert not [m for m in received if m.startswith("SIP/2.0 ")], received
+    finally:
+        vm_exec(f"fail2ban-client set kamailio unbanip {stranger}", check=False)
+        world.q("DELETE FROM sbc_cdrs WHERE source_ip = %s AND customer_id IS NULL", (stranger,))
+
+
 def test_cdr_timings_follow_the_carrier_script(world):
     """Carrier: 180 after 300 ms, 200 after 2 s more, BYE 5 s after answering."""
     world.add_peer("cust")
