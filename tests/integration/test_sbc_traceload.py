@@ -174,12 +174,8 @@ def test_a_loader_stopped_before_its_commit_loads_the_file_again_once(
     assert [r["message"] for r in _rows(migrated_db, call_id)] == [b"one", b"two"]
 
 
-def test_a_loader_stopped_after_its_commit_deletes_the_file_without_loading_it_again(
-    loader: traceload.Loader, spool: Path, migrated_db: DbSettings, call_id: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = spool / "traces_100.tsv"
-    path.write_bytes(_line(call_id, b"one"))
-    (spool / "traces_101.tsv").write_bytes(b"")
+def _stop_before_deleting(loader: traceload.Loader, path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One run of the loader that stops after committing ``path`` and before deleting it."""
     real_unlink = Path.unlink
 
     def stop(self: Path, missing_ok: bool = False) -> None:
@@ -191,6 +187,15 @@ def test_a_loader_stopped_after_its_commit_deletes_the_file_without_loading_it_a
         m.setattr(Path, "unlink", stop)
         with pytest.raises(OSError):
             loader.run_once()
+
+
+def test_a_loader_stopped_after_its_commit_deletes_the_file_without_loading_it_again(
+    loader: traceload.Loader, spool: Path, migrated_db: DbSettings, call_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = spool / "traces_100.tsv"
+    path.write_bytes(_line(call_id, b"one"))
+    (spool / "traces_101.tsv").write_bytes(b"")
+    _stop_before_deleting(loader, path, monkeypatch)
     assert path.exists()
     assert len(_rows(migrated_db, call_id)) == 1
     assert loader.run_once() == 1
@@ -363,17 +368,7 @@ def test_a_statements_file_loaded_before_its_deletion_is_not_replayed_twice(
     path = spool / "sql_100.sql"
     path.write_bytes(_statement(_event(call_id)))
     (spool / "sql_101.sql").write_bytes(b"")
-    real_unlink = Path.unlink
-
-    def stop(self: Path, missing_ok: bool = False) -> None:
-        if self == path:
-            raise OSError("stopped")
-        real_unlink(self, missing_ok=missing_ok)
-
-    with monkeypatch.context() as m:
-        m.setattr(Path, "unlink", stop)
-        with pytest.raises(OSError):
-            loader.run_once()
+    _stop_before_deleting(loader, path, monkeypatch)
     assert loader.run_once() == 1
     assert not path.exists()
     assert len(_cdrs_and_events(migrated_db, call_id)[1]) == 1

@@ -473,6 +473,19 @@ def test_channel_count_and_running_calls_survive_a_kamailio_restart(world, vm_ex
     assert all(11500 <= int(c["billable_ms"]) <= 13500 for c in answered), answered
 
 
+DB_AWAY_TABLE = "sbc_db_away"
+
+
+def _refuse_kamailio_the_database(vm_exec) -> None:
+    """From now on Kamailio's connections to MariaDB are refused (its own uid only: the test's queries and
+    the other services go on), until the table DB_AWAY_TABLE is deleted."""
+    vm_exec(
+        f"nft add table inet {DB_AWAY_TABLE} && nft add chain inet {DB_AWAY_TABLE} out"
+        " '{ type filter hook output priority 0; }'"
+        f" && nft add rule inet {DB_AWAY_TABLE} out meta skuid kamailio tcp dport 3306 reject with tcp reset"
+    )
+
+
 def test_cdrs_written_while_the_database_is_away_are_kept_and_arrive_later(world, vm_exec):
     world.add_peer("cust")
     car_ip = world.add_peer("carrier1")
@@ -483,18 +496,14 @@ def test_cdrs_written_while_the_database_is_away_are_kept_and_arrive_later(world
     assert call(world, "cust").ok
     assert len(world.cdrs(customer)) == 1
 
-    # Kamailio's connections to MariaDB are refused from now on (its own uid only)
-    vm_exec(
-        "nft add table inet sbc_db_away && nft add chain inet sbc_db_away out '{ type filter hook output priority 0; }'"
-        " && nft add rule inet sbc_db_away out meta skuid kamailio tcp dport 3306 reject with tcp reset"
-    )
+    _refuse_kamailio_the_database(vm_exec)
     try:
         away = call(world, "cust", calls=3, rate=5)
         assert away.ok, "calls go on from what Kamailio holds in memory"
         time.sleep(3)
         assert len(world.cdrs(customer, timeout=0)) == 1, "the CDRs cannot have reached the database yet"
     finally:
-        vm_exec("nft delete table inet sbc_db_away", check=False)
+        vm_exec(f"nft delete table inet {DB_AWAY_TABLE}", check=False)
 
     cdrs = world.cdrs(customer, expect=4, timeout=30)
     assert [c["disposition"] for c in cdrs] == ["answered"] * 4, cdrs
@@ -516,10 +525,7 @@ def test_cdrs_of_calls_made_while_the_database_is_away_outlive_a_kamailio_restar
     # a first call: Kamailio knows the customer and the route from memory while the database is away
     assert call(world, "cust").ok
     assert len(world.cdrs(customer)) == 1
-    vm_exec(
-        "nft add table inet sbc_db_gone && nft add chain inet sbc_db_gone out '{ type filter hook output priority 0; }'"
-        " && nft add rule inet sbc_db_gone out meta skuid kamailio tcp dport 3306 reject with tcp reset"
-    )
+    _refuse_kamailio_the_database(vm_exec)
     try:
         assert call(world, "cust", calls=3, rate=5).ok
         # a number Kamailio has no route for in memory needs the database: 503, not a refusal of the caller
@@ -536,7 +542,7 @@ def test_cdrs_of_calls_made_while_the_database_is_away_outlive_a_kamailio_restar
         (stopped,) = world.q("SELECT UTC_TIMESTAMP(3) AS at")
         assert len(world.cdrs(customer, timeout=0)) == 1
     finally:
-        vm_exec("nft delete table inet sbc_db_gone", check=False)
+        vm_exec(f"nft delete table inet {DB_AWAY_TABLE}", check=False)
         # the rule also swallowed the stopped Kamailio's goodbyes to MariaDB, which would keep those
         # connections open for hours: they go, as they would have when the database came back
         vm_exec(

@@ -44,7 +44,7 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +194,18 @@ def line_problem(line: bytes) -> str | None:
     return None
 
 
+def numbered_lines(data: bytes) -> Iterator[tuple[int, bytes, bool]]:
+    """A spool file's lines that are not empty, with their numbers (from 1) and whether the line is cut
+    short: the last one, when the file does not end with a line break (Kamailio stopped while writing)."""
+    lines = data.split(b"\n")
+    cut_last = lines[-1] != b""
+    if not cut_last:
+        lines.pop()
+    for number, line in enumerate(lines, 1):
+        if line:
+            yield number, line, cut_last and number == len(lines)
+
+
 def statement_of(line: bytes) -> tuple[bytes | None, str]:
     """The SQL statement of a statements file's line (without its newline), or None and why not. It stays
     bytes: pymysql sends bytes as they are, so MariaDB gets exactly what Kamailio would have sent (bytes of a
@@ -313,16 +325,10 @@ class Loader:
     def _load_line_by_line(self, conn: pymysql.Connection, path: Path, data: bytes, size: int) -> int:
         """The slow way, for a file with a line the database would not take whole: every line is checked,
         the bad ones are set aside (with the reason in the log) and the rest loaded."""
-        lines = data.split(b"\n")
-        cut_last = lines[-1] != b""  # a last line without its newline was cut short
-        if not cut_last:
-            lines.pop()
         good: list[tuple[int, bytes]] = []
         bad: list[tuple[int, bytes, str]] = []
-        for number, line in enumerate(lines, 1):
-            if not line:
-                continue
-            if cut_last and number == len(lines):
+        for number, line, cut in numbered_lines(data):
+            if cut:
                 bad.append((number, line, "cut short (no end of line)"))
                 continue
             problem = line_problem(line)
@@ -363,17 +369,11 @@ class Loader:
     def _replay(self, conn: pymysql.Connection, path: Path, data: bytes, size: int) -> int:
         """Runs a statements file's statements in one transaction, then files the CDRs among them; the
         statements that went in. One the database refuses goes to the quarantine with its reason."""
-        lines = data.split(b"\n")
-        cut_last = lines[-1] != b""
-        if not cut_last:
-            lines.pop()
         done = 0
         cdrs = False
         bad: list[tuple[int, bytes, str]] = []
-        for number, line in enumerate(lines, 1):
-            if not line:
-                continue
-            if cut_last and number == len(lines):
+        for number, line, cut in numbered_lines(data):
+            if cut:
                 bad.append((number, line, "cut short (no end of line)"))
                 continue
             statement, problem = statement_of(line)
