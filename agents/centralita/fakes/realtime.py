@@ -885,11 +885,16 @@ class _Connection:
                 written += piece  # on the wire before send() can wait (it waits only to drain)
                 await self.send({"type": "response.function_call_arguments.delta", **common, "delta": piece})
         except asyncio.CancelledError:
-            # cut while the arguments were being written, as the service does: no arguments.done, the item
-            # ends "incomplete" with what was written (the call was never made: it waits for no output),
-            # and the cancelled response.done reports the tokens generated up to the cut
+            # cut while the arguments were being written: as the API reference says of
+            # response.function_call_arguments.done ("also emitted when a Response is interrupted, incomplete,
+            # or cancelled"), it comes with the arguments written so far; the item ends "incomplete" (the call
+            # was never made: it waits for no output), and the cancelled response.done reports the tokens
+            # generated up to the cut
             self.open_calls.pop(call_id, None)
             response["usage"] = self._usage(0, written)
+            await self.send(
+                {"type": "response.function_call_arguments.done", **common, "name": turn.tool, "arguments": written}
+            )
             await self._finish_call(response, {**item, "status": "incomplete", "arguments": written})
             raise
         await self.send(
