@@ -123,6 +123,8 @@ def test_with_a_homer_collector_set_every_message_of_a_call_goes_to_it_over_hep(
     homer = world.add_peer("homer")
     world.carrier(car)
     customer = world.customer(cust)
+    # a second customer with 2 s of minutes left: the SBC cuts its call with BYEs of its own
+    short = world.customer(world.add_peer("cust2"), minutes_limit=1, minutes_used=1 - 2 / 60)
     converge_sbc(kamailio_homer_uri=f"sip:{homer}:9060", kamailio_hep_capture_id=2301)
     world.reload()
     collector = subprocess.Popen(
@@ -132,9 +134,12 @@ def test_with_a_homer_collector_set_every_message_of_a_call_goes_to_it_over_hep(
     )
     try:
         assert "listening" in (collector.stdout.readline() if collector.stdout else "")
-        world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=1, timeout=30)
+        world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=2, timeout=30)
         assert world.sipp("cust", "sbc_customer.xml", world.sbc, calls=1, timeout=30, extra=["-s", NUMBER]).ok
         (cdr,) = world.cdrs(customer)
+        assert world.sipp("cust2", "sbc_customer_wait_bye.xml", world.sbc, calls=1, timeout=20, extra=["-s", NUMBER]).ok
+        (cut,) = world.cdrs(short)
+        assert cut["hangup_side"] == "sbc"
         out, _ = collector.communicate(timeout=60)
     finally:
         if collector.poll() is None:
@@ -159,3 +164,11 @@ def test_with_a_homer_collector_set_every_message_of_a_call_goes_to_it_over_hep(
     bye_answers = {(p["src_ip"], p["dst_ip"]) for p in answers if " BYE\r\n" in p["payload"]}
     assert bye_answers == {(car, sbc), (sbc, cust)}, "the BYE's answer, as received and as relayed"
     assert all(abs(p["time_sec"] - time.time()) < 120 for p in mine), "each with the time it was captured"
+    # the requests Kamailio makes itself: the BYEs that cut a call whose minutes ran out
+    cust2 = world.lab.peer_address("cust2")
+    own = {
+        (_method_or_code(p["payload"]), p["src_ip"], p["dst_ip"])
+        for p in packets
+        if f"Call-ID: {cut['call_id']}" in p.get("payload", "")
+    }
+    assert {("BYE", sbc, cust2), ("BYE", sbc, car)} <= own, sorted(own)

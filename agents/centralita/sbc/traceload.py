@@ -13,7 +13,8 @@ address and port, transport, the method of a request or the code of a reply
 
 Statements (``sql_<time>.sql``): the database writer's INSERTs of CDRs and
 events (and carrier states, bans) that the database did not take, because it
-was away or refused them. A line is ``S`` and the statement in base64. They
+was away or refused them. A line is ``S`` and the statement in base64, in
+comma-separated pieces (each piece base64 of its own share of the text). They
 are replayed in file order; then the CDRs among them are filed
 (``CALL sbc_file_cdrs()``). They do not depend on their order relative to
 what Kamailio wrote directly once the database was back: CDRs are keyed by
@@ -212,8 +213,13 @@ def statement_of(line: bytes) -> tuple[bytes | None, str]:
     SIP message that are not UTF-8 included) and treats them as it does when Kamailio writes directly."""
     if not line.startswith(b"S"):
         return None, "not a statement line (it does not start with S)"
+    # Kamailio writes a long statement's base64 in comma-separated pieces; an empty one is a piece it could
+    # not encode, and the statement without it must not run
+    pieces = line[1:].split(b",")
+    if not all(pieces):
+        return None, "a piece of the statement is missing (empty base64)"
     try:
-        raw = binascii.a2b_base64(line[1:], strict_mode=True)
+        raw = b"".join(binascii.a2b_base64(piece, strict_mode=True) for piece in pieces)
     except binascii.Error as exc:
         return None, f"statement is not base64 ({exc})"
     if not raw.strip():

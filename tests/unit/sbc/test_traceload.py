@@ -60,6 +60,15 @@ def test_a_statement_keeps_its_bytes_as_kamailio_wrote_them() -> None:
     assert traceload.statement_of(b"S" + base64.b64encode(raw)) == (raw, "")
 
 
+def test_a_long_statement_written_in_pieces_is_put_together() -> None:
+    raw = b"INSERT INTO sbc_cdr_intake (call_id) VALUES " + b",".join(b"('c%05d')" % i for i in range(9000))
+    pieces = [base64.b64encode(raw[at : at + 30000]) for at in range(0, len(raw), 30000)]
+    assert len(pieces) > 1
+    assert traceload.statement_of(b"S" + b",".join(pieces)) == (raw, "")
+    assert "missing" in traceload.statement_of(b"S" + pieces[0] + b",," + pieces[1])[1]
+    assert "missing" in traceload.statement_of(b"S")[1]
+
+
 def test_settings_name_the_variable_that_is_wrong() -> None:
     env = {"TRACELOAD_SPOOL_DIR": "/var/spool/x", "TRACELOAD_DB_USER": "k", "TRACELOAD_DB_NAME": "c"}
     assert traceload.Settings.from_env(env).db_port == 3306
