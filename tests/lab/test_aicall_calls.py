@@ -41,24 +41,8 @@ def _vm_python(vm_exec, code: str, *args: str, timeout: float = 30) -> str:
     return vm_exec(f"python3 -c {shlex.quote(code)} {argv}", timeout=timeout)
 
 
-_ARI = """
-import base64, json, sys, urllib.request
-env = {}
-for line in open(sys.argv[1]):
-    key, sep, value = line.strip().partition('=')
-    if sep:
-        env[key] = value.strip(chr(34) + chr(39))
-token = base64.b64encode((env['AICALL_ARI_USER'] + ':' + env['AICALL_ARI_PASSWORD']).encode()).decode()
-found = {}
-for what in ('channels', 'bridges'):
-    req = urllib.request.Request(env.get('AICALL_ARI_URL', 'http://127.0.0.1:8088').rstrip('/') + '/ari/' + what)
-    req.add_header('Authorization', 'Basic ' + token)
-    listed = json.load(urllib.request.urlopen(req, timeout=10))
-    found[what] = [{'id': o['id'], 'name': o.get('name', '')} for o in listed]
-print(json.dumps(found))
-"""
-
-_MEDIA_PORT = """
+# reads the agent's env file (argv[1]): get(path) answers ARI's JSON for /ari/<path>
+_ARI_GET = """
 import base64, json, sys, urllib.request
 env = {}
 for line in open(sys.argv[1]):
@@ -71,12 +55,28 @@ def get(path):
     req = urllib.request.Request(base + path)
     req.add_header('Authorization', 'Basic ' + token)
     return json.load(urllib.request.urlopen(req, timeout=10))
+"""
+
+_ARI = (
+    _ARI_GET
+    + """
+found = {}
+for what in ('channels', 'bridges'):
+    found[what] = [{'id': o['id'], 'name': o.get('name', '')} for o in get(what)]
+print(json.dumps(found))
+"""
+)
+
+_MEDIA_PORT = (
+    _ARI_GET
+    + """
 port = None
 for channel in get('channels'):
     if channel['id'].endswith('-media'):
         port = get('channels/' + channel['id'] + '/variable?variable=UNICASTRTP_LOCAL_PORT').get('value')
 print(json.dumps(port))
 """
+)
 
 _METRIC = """
 import sys, urllib.request
