@@ -580,6 +580,54 @@ def test_cdrs_of_calls_made_while_the_database_is_away_outlive_a_kamailio_restar
     assert "statements written to the database after it was away" in loader
 
 
+def test_a_capped_customers_minutes_are_enforced_from_kamailios_own_count_while_the_database_is_away(world, vm_exec):
+    """Kamailio counts a capped customer's calls off the time it last read: with the database away, a
+    running call is cut at what is left after the calls ended since, the next call is refused as
+    minutes_exhausted, and a customer Kamailio keeps no count for is refused as database_error. Every
+    CDR arrives and is billed once the database answers."""
+    world.add_peer("cust")
+    car_ip = world.add_peer("carrier1")
+    customer = world.customer(world.lab.peer_address("cust"), minutes_limit=1, minutes_used=1 - 8 / 60)
+    world.carrier(car_ip)
+    world.reload()
+    world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=2, timeout=90)
+    assert call(world, "cust", hold_ms=3000).ok
+    (first,) = world.cdrs(customer)
+    left_ms = 8000 - int(first["billable_ms"])
+    since = vm_exec("date +%s").strip()
+    _refuse_kamailio_the_database(vm_exec)
+    try:
+        cut = call(world, "cust", scenario="sbc_customer_wait_bye.xml", timeout=30)
+        assert cut.ok, cut.stdout[-2000:]
+        refused = call(world, "cust")
+        assert "X-Centralita-Reason: minutes_exhausted" in world.messages(refused)
+        vm_exec("kamcmd htable.flush mleft")  # as after a restart: Kamailio has no count of its own
+        unknown = call(world, "cust")
+        assert "X-Centralita-Reason: database_error" in world.messages(unknown)
+        journal = vm_exec(f"journalctl -u kamailio --since @{since} --no-pager", check=False)
+        assert f"customer {customer}'s monthly cap is enforced from Kamailio's own count" in journal
+        assert len(world.cdrs(customer, timeout=0)) == 1
+    finally:
+        vm_exec(f"nft delete table inet {DB_AWAY_TABLE}", check=False)
+
+    cdrs = world.cdrs(customer, expect=4, timeout=30)
+    assert [(c["disposition"], c["reject_reason"], c["hangup_side"]) for c in cdrs[1:]] == [
+        ("answered", None, "sbc"),
+        ("rejected", "minutes_exhausted", "sbc"),
+        ("rejected", "database_error", "sbc"),
+    ], cdrs
+    # never before what was left, late by less than CUT_LATE_MS (1 ms: stored times keep whole milliseconds)
+    assert left_ms - 1 <= int(cdrs[1]["billable_ms"]) < left_ms + CUT_LATE_MS, (left_ms, cdrs[1])
+    deadline = time.monotonic() + 30
+    while intake := world.q("SELECT * FROM sbc_cdr_intake WHERE customer_id = %s", (customer,)):
+        assert time.monotonic() < deadline, f"the replayed CDRs were filed: {intake}"
+        time.sleep(0.5)
+    # both calls billed (at the rate's increments, which Kamailio's own count leaves to the database)
+    billed = [c["billed_seconds_price"] for c in world.cdrs(customer, expect=4)[:2]]
+    used = world.q("SELECT minutes_used FROM customers WHERE id = %s", (customer,))[0]["minutes_used"]
+    assert float(used) == pytest.approx(1 - 8 / 60 + sum(float(b) for b in billed) / 60, abs=0.0002), billed
+
+
 def _raw_invite(world, peer: str, *, number: bytes, from_user: bytes, user_agent: bytes, call_id: bytes) -> str:
     """One INVITE with exactly these bytes from ``peer`` (SIPp cannot send them); the final answer's code."""
     argv = [sys.executable, str(RAW_INVITE), world.lab.peer_address(peer), world.sbc]

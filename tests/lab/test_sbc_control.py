@@ -76,6 +76,7 @@ def test_sync_makes_a_new_carrier_routable_and_status_shows_it(sbc_world, rpc_ur
         "normalisation, dialing plans and carrier order by number (cache)",
         "caller numbers after the caller rules (cache)",
         "carrier credentials (cache)",
+        "capped customers' minutes left as Kamailio counts them (cache)",
     ]
     status = asyncio.run(read_status(KamailioRpc(rpc_url), {}))
     assert any(row["carrier_id"] == carrier and car_ip in row["uri"] for row in status.carriers)

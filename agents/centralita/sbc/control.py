@@ -32,6 +32,7 @@ RELOADS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("htable.flush", ("route",), "normalisation, dialing plans and carrier order by number (cache)"),
     ("htable.flush", ("cli",), "caller numbers after the caller rules (cache)"),
     ("htable.flush", ("cauth",), "carrier credentials (cache)"),
+    ("htable.flush", ("mleft",), "capped customers' minutes left as Kamailio counts them (cache)"),
 )
 # What a rate change makes stale: the carrier order cached per number.
 CACHE_FLUSHES: tuple[tuple[str, tuple[str, ...], str], ...] = (RELOADS[3],)
