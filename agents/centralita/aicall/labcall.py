@@ -4,7 +4,8 @@ It plays the operator's provider: SIPp (from a lab peer host, the trunk's addres
 does the signalling and this module does the media, so the call is measured where a
 caller hears it. The caller's speech is made with espeak-ng and sox (8 kHz G.711),
 sent at one 20 ms RTP frame per tick with digital silence in between, as a phone
-does; what comes back is timed with the kernel's receive time stamps, so a busy
+does (or, for a phone with silence suppression, comfort-noise packets between the
+utterances); what comes back is timed with the kernel's receive time stamps, so a busy
 measuring process does not invent gaps. The result says whether the call was
 answered, who hung up, how much non-silent audio came back and when, and the worst
 gap between RTP packets toward the caller.
@@ -45,6 +46,8 @@ PBX_PORT = 5080
 SIP_PORT = 5060
 PAYLOAD_TYPES = {"ulaw": 0, "alaw": 8}
 ENCODINGS = {"ulaw": "PCMU", "alaw": "PCMA"}
+COMFORT_NOISE_PT = 13  # RFC 3389, static in RFC 3551's audio/video profile
+COMFORT_NOISE_LEVEL = 0x40  # the packet's one byte: the noise level, -64 dBov
 FRAME_S = g711.FRAME_MS / 1000
 AUDIBLE_RMS = 200.0  # linear RMS above which a frame is heard as sound (the agent's soft cue is ~1000)
 WINDOW_JOIN_S = 0.1  # sound separated by less than this is one stretch of audio
@@ -80,9 +83,15 @@ class CallPlan:
     law: str = "ulaw"
     voice: str = "es-419"
     sip_port: int = SIP_PORT
+    # A phone with silence suppression (VAD): between utterances it sends one comfort-noise packet
+    # (RFC 3389: payload type 13, one byte of noise level) every this many seconds instead of 20 ms
+    # frames of digital silence, and its offer lists 13 CN/8000. 0: digital silence, no CN offered.
+    comfort_noise_every: float = 0.0
 
     def __post_init__(self) -> None:
         g711.check_law(self.law)
+        if self.comfort_noise_every < 0:
+            raise ValueError("comfort_noise_every must be 0 (off) or a number of seconds")
         if not re.fullmatch(r"[0-9+*#]{1,32}", self.did) or not re.fullmatch(r"[0-9+]{1,32}", self.caller):
             raise ValueError(f"DID {self.did!r} and caller {self.caller!r} must be dialable digits")
         if self.hangup_after <= 0 or self.answer_timeout <= 0:
@@ -122,6 +131,7 @@ class CallResult:
     answered_wall: float | None = None  # the answer's wall-clock time (time.time()), to place gaps in time
     speech_planned: list[list[float]] = field(default_factory=list)  # [start, end] as the plan scheduled them
     sender_stalls: list[list[float]] = field(default_factory=list)  # [s after answer, ms] our sender fell behind
+    comfort_noise_sent: int = 0  # comfort-noise packets among packets_sent
 
     def heard_between(self, start: float, end: float) -> float:
         """Seconds of sound heard between ``start`` and ``end`` (seconds after the answer)."""
@@ -183,8 +193,8 @@ _SCENARIO = """<?xml version="1.0" encoding="UTF-8" ?>
       s=-
       c=IN IP4 {media_ip}
       t=0 0
-      m=audio {media_port} RTP/AVP {pt}
-      a=rtpmap:{pt} {encoding}/8000
+      m=audio {media_port} RTP/AVP {formats}
+      {rtpmaps}
       a=ptime:20
       a=sendrecv
     ]]>
@@ -267,8 +277,8 @@ _SCENARIO = """<?xml version="1.0" encoding="UTF-8" ?>
       s=-
       c=IN IP4 {media_ip}
       t=0 0
-      m=audio {media_port} RTP/AVP {pt}
-      a=rtpmap:{pt} {encoding}/8000
+      m=audio {media_port} RTP/AVP {formats}
+      {rtpmaps}
       a=ptime:20
       a=sendrecv
     ]]>
@@ -294,13 +304,16 @@ _SCENARIO = """<?xml version="1.0" encoding="UTF-8" ?>
 
 def scenario(plan: CallPlan, media_ip: str, media_port: int) -> str:
     """The SIPp scenario of one call: the SDP offers our own RTP socket, so the media is ours to measure."""
+    formats = [(PAYLOAD_TYPES[plan.law], ENCODINGS[plan.law])]
+    if plan.comfort_noise_every:
+        formats.append((COMFORT_NOISE_PT, "CN"))
     return _SCENARIO.format(
         did=plan.did,
         caller=plan.caller,
         media_ip=media_ip,
         media_port=media_port,
-        pt=PAYLOAD_TYPES[plan.law],
-        encoding=ENCODINGS[plan.law],
+        formats=" ".join(str(pt) for pt, _ in formats),
+        rtpmaps="\n      ".join(f"a=rtpmap:{pt} {name}/8000" for pt, name in formats),
         answer_ms=int(plan.answer_timeout * 1000),
         hold_ms=int(plan.hangup_after * 1000),
     )
@@ -381,6 +394,7 @@ class RtpEndpoint:
         self.address = self.sock.getsockname()
         self.arrivals: list[tuple[float, int, bool]] = []  # (wall time, payload type, audible)
         self.sent = 0
+        self.comfort_noise_sent = 0
         self.sent_at: dict[int, float] = {}  # frame index -> wall time it left, for the scheduled (speech) frames
         self.stalls: list[tuple[float, float]] = []  # (wall time, ms) each time this sender's clock fell behind
         self.remote: tuple[str, int] | None = None
@@ -408,30 +422,60 @@ class RtpEndpoint:
             audible = pt == self.pt and g711.rms(audio, self.law) > AUDIBLE_RMS
             self.arrivals.append((stamp, pt, audible))
 
-    def send_frame(self, payload: bytes) -> None:
-        if self.remote is None:
-            return
-        header = struct.pack("!BBHII", 0x80, self.pt, self._seq, self._ts, self._ssrc)
-        self._seq = (self._seq + 1) & 0xFFFF
+    def send_frame(self, payload: bytes, marker: bool = False) -> None:
+        self._send(self.pt, payload, marker)
         self._ts = (self._ts + len(payload)) & 0xFFFFFFFF
+
+    def send_comfort_noise(self) -> None:
+        """One comfort-noise packet (RFC 3389) at the current time stamp; the 20 ms it stands for pass as usual."""
+        if self._send(COMFORT_NOISE_PT, bytes([COMFORT_NOISE_LEVEL])):
+            self.comfort_noise_sent += 1
+        self.skip_frame()
+
+    def skip_frame(self) -> None:
+        """20 ms with nothing sent (silence suppressed): the time stamp goes on, the sequence number does not."""
+        self._ts = (self._ts + g711.FRAME_BYTES) & 0xFFFFFFFF
+
+    def _send(self, pt: int, payload: bytes, marker: bool = False) -> bool:
+        if self.remote is None:
+            return False
+        header = struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, self._seq, self._ts, self._ssrc)
+        self._seq = (self._seq + 1) & 0xFFFF
         with contextlib.suppress(BlockingIOError, InterruptedError, ConnectionRefusedError):
             self.sock.sendto(header + payload, self.remote)
             self.sent += 1
+            return True
+        return False
 
-    async def send_loop(self, frames: dict[int, bytes], stop: asyncio.Event) -> None:
+    async def send_loop(self, frames: dict[int, bytes], stop: asyncio.Event, comfort_noise_every: float = 0.0) -> None:
         """One frame every 20 ms on an absolute clock: speech where scheduled, digital silence elsewhere.
+
+        With ``comfort_noise_every`` (seconds) the silence is suppressed as a phone with VAD does it:
+        a comfort-noise packet as each silence begins and then one every ``comfort_noise_every``, and
+        the first speech frame after a silence carries the marker bit (RFC 3551).
 
         A stalled process restarts its clock rather than bursting, so everything scheduled after a
         stall leaves that much later: the time each speech frame really left is kept, and each stall.
         """
         silence = g711.silence(self.law)
+        noise_ticks = max(1, round(comfort_noise_every / FRAME_S)) if comfort_noise_every else 0
+        quiet = 0  # ticks since the current silence began (comfort noise only)
         started = time.monotonic()
         index = 0
         while not stop.is_set():
             frame = frames.get(index)
-            self.send_frame(silence if frame is None else frame)
             if frame is not None:
+                self.send_frame(frame, marker=noise_ticks > 0 and quiet > 0)
                 self.sent_at[index] = time.time()
+                quiet = 0
+            elif not noise_ticks:
+                self.send_frame(silence)
+            else:
+                if quiet % noise_ticks == 0:
+                    self.send_comfort_noise()
+                else:
+                    self.skip_frame()
+                quiet += 1
             index += 1
             due = started + index * FRAME_S
             delay = due - time.monotonic()
@@ -570,7 +614,7 @@ async def run_call(plan: CallPlan) -> CallResult:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(proc.wait(), 0.01)
             if rtp.remote is not None:
-                sender = loop.create_task(rtp.send_loop(frames, stop), name="labcall-rtp")
+                sender = loop.create_task(rtp.send_loop(frames, stop, plan.comfort_noise_every), name="labcall-rtp")
             until = time.monotonic() + plan.max_seconds
             while proc.returncode is None and time.monotonic() < until:
                 with contextlib.suppress(TimeoutError):
@@ -613,6 +657,7 @@ async def run_call(plan: CallPlan) -> CallResult:
         duration=round(ended_at - answered_at, 3) if answered_at is not None else 0.0,
         packets_received=len(arrivals),
         packets_sent=rtp.sent,
+        comfort_noise_sent=rtp.comfort_noise_sent,
         speech=sent_spans(spans, rtp.sent_at, reference),
         speech_planned=spans,
         sender_stalls=[[round(at - reference, 3), round(ms, 1)] for at, ms in rtp.stalls],
