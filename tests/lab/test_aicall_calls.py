@@ -109,14 +109,15 @@ class AiLine:
         body = json.dumps({"delays": delays or {}, "failures": failures or {}})
         json.loads(_vm_python(self.vm_exec, _MIKROTIK, MIKROTIK_CONTROL, body))
 
-    def call(self, utterances: list[Utterance], hangup_after: float) -> tuple[CallResult, str, float]:
+    def call(self, utterances: list[Utterance], hangup_after: float, **plan: Any) -> tuple[CallResult, str, float]:
+        """Place a call and wait for its end; ``plan`` sets more of the :class:`CallPlan` (comfort noise)."""
         caller = "57" + "".join(random.choice("0123456789") for _ in range(8))
-        plan = CallPlan(
+        call_plan = CallPlan(
             target=self.lab.address, port=PBX_PORT, did=DID, caller=caller, utterances=utterances,
-            hangup_after=hangup_after,
+            hangup_after=hangup_after, **plan,
         )  # fmt: skip
         since = time.time()
-        result = place_call(self.lab.lab, plan, "provider")
+        result = place_call(self.lab.lab, call_plan, "provider")
         assert result.answered, f"not answered (SIP {result.final_status}):\n{result.sip_trace[-3000:]}"
         return result, caller, since
 
@@ -728,12 +729,14 @@ def _drop(vm_exec, hook: str, rule: str) -> None:
     vm_exec(f"nft add rule {NFT_TABLE} {hook} {rule} counter drop")
 
 
-def _call_in_background(line: AiLine, hangup_after: float) -> tuple[threading.Thread, dict[str, Any]]:
+def _call_in_background(
+    line: AiLine, hangup_after: float, utterances: list[Utterance] | None = None, **plan: Any
+) -> tuple[threading.Thread, dict[str, Any]]:
     outcome: dict[str, Any] = {}
 
     def place() -> None:
         try:
-            outcome["call"] = line.call([], hangup_after=hangup_after)
+            outcome["call"] = line.call(utterances or [], hangup_after=hangup_after, **plan)
         except BaseException as exc:  # reported by the main thread
             outcome["error"] = exc
 
@@ -790,6 +793,27 @@ def test_a_caller_who_sends_no_rtp_for_a_while_is_not_hung_up_by_the_media_timeo
     result, caller_number, since = _finished_call(caller, outcome, 18)
 
     assert result.ended_by == "caller", f"the call was cut while the caller sent nothing: {result.windows}"
+    record = line.record(caller_number, since)
+    assert record["end_reason"] == "caller_hangup"
+    line.assert_clean()
+
+
+@pytest.mark.parametrize("every", [0.2, 0.02], ids=["cn_every_200ms", "cn_every_20ms"])
+def test_a_caller_whose_phone_sends_only_comfort_noise_is_not_hung_up_by_the_media_timeout(
+    media_timeout_line: AiLine, vm_exec, every: float
+) -> None:
+    line = media_timeout_line
+    line.script(greeting="Hola.", greeting_ms=1000)
+    # a phone with silence suppression: a short phrase, then only comfort noise (RFC 3389) for three
+    # timeouts while its user listens; Asterisk receives RTP from it all along and relays none to the agent
+    hangup_after = 3.5 + 3 * MEDIA_TIMEOUT_S
+    caller, outcome = _call_in_background(
+        line, hangup_after, [Utterance(0.5, "Hola buenas")], comfort_noise_every=every
+    )  # fmt: skip
+    result, caller_number, since = _finished_call(caller, outcome, hangup_after)
+
+    assert result.ended_by == "caller", f"the call was cut while the caller sent comfort noise: {result.windows}"
+    assert result.comfort_noise_sent >= 0.8 * 3 * MEDIA_TIMEOUT_S / every, "the caller's phone sent comfort noise"
     record = line.record(caller_number, since)
     assert record["end_reason"] == "caller_hangup"
     line.assert_clean()

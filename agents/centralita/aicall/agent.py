@@ -24,7 +24,7 @@ from concurrent.futures import Executor
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from centralita.aicall.media import MediaPath, MediaWatch
+from centralita.aicall.media import CallerRtp, MediaPath, MediaWatch, caller_was_quiet
 from centralita.aicall.metrics import AicallMetrics
 from centralita.aicall.provider import SessionConfig, open_model_session
 from centralita.aicall.record import CallRecord
@@ -431,14 +431,14 @@ class AicallAgent:
         no media to wait for yet. The session's end hangs the caller up through ARI and releases
         the call as any other end does.
 
-        Asterisk's two-party bridge relays frames as they come: a caller who sends no RTP (on
-        hold, silence suppression) leaves the agent without media too, and that call is fine.
-        So a silence is only held against the call when Asterisk received RTP from the caller
-        during it (ARI's RTP statistics of the caller's channel, asked at half the timeout and
-        at its end), or cannot say.
+        Asterisk's two-party bridge relays audio frames as they come: a caller who sends no RTP
+        (on hold, silence suppression) or only comfort noise leaves the agent without media too,
+        and that call is fine. So a silence is only held against the call when Asterisk received
+        audio from the caller during it (ARI's RTP statistics of the caller's channel, asked at
+        half the timeout and at its end: packets larger than comfort noise), or cannot say.
         """
         watch = MediaWatch(self.settings.media_timeout_seconds)
-        received: dict[MediaPath, int | None] = {}  # the caller's RTP packets in Asterisk at half the timeout
+        received: dict[MediaPath, CallerRtp | None] = {}  # the caller's RTP in Asterisk at half the timeout
         while True:
             await asyncio.sleep(watch.interval)
             try:
@@ -446,7 +446,7 @@ class AicallAgent:
             except Exception:  # a bug here must not stop the agent (run() ends with its tasks): said, then on
                 log.exception("media watch: the check failed; the next one runs as usual")
 
-    async def _check_media(self, watch: MediaWatch, received: dict[MediaPath, int | None]) -> None:
+    async def _check_media(self, watch: MediaWatch, received: dict[MediaPath, CallerRtp | None]) -> None:
         """One pass of :meth:`_watch_media` over every running call."""
         calls = {session.media: session for session in self.sessions.values() if not session.ended}
         halfway, silent = watch.check(calls, time.monotonic())
@@ -455,39 +455,39 @@ class AicallAgent:
         if not (halfway or silent):
             return
         asked = halfway + silent
-        counts = await asyncio.gather(*(self._caller_packets(calls[media].name) for media in asked))
-        for media, count in zip(asked, counts, strict=True):
+        readings = await asyncio.gather(*(self._caller_rtp(calls[media].name) for media in asked))
+        for media, reading in zip(asked, readings, strict=True):
             session = calls[media]
             if media in halfway:
-                received[media] = count
+                received[media] = reading
                 continue
             before = received.pop(media, None)
             if session.ended:
                 continue
-            if before is not None and count == before:
+            if caller_was_quiet(before, reading):
                 log.info(
-                    "call %s: no media from Asterisk for %.0f s, and no RTP from the caller either "
-                    "(on hold, silence suppression): the call goes on", session.name, watch.timeout,
+                    "call %s: no media from Asterisk for %.0f s, and no audio from the caller either (its RTP in "
+                    "Asterisk went from %s to %s: on hold, silence suppression, comfort noise): the call goes on",
+                    session.name, watch.timeout, before, reading,
                 )  # fmt: skip
                 watch.restart(media)
                 continue
             log.warning(
                 "call %s: no media from Asterisk for %.0f s (%d frames received in all), while the caller's RTP "
-                "packets in Asterisk went from %s to %s (None: ARI could not say); hanging up",
-                session.name, watch.timeout, media.frames_in, before, count,
+                "in Asterisk went from %s to %s (None: ARI could not say); hanging up",
+                session.name, watch.timeout, media.frames_in, before, reading,
             )  # fmt: skip
             session.end("media_timeout")
 
-    async def _caller_packets(self, channel_id: str) -> int | None:
-        """RTP packets Asterisk has received from the caller so far, or None when ARI cannot say."""
+    async def _caller_rtp(self, channel_id: str) -> CallerRtp | None:
+        """What Asterisk has received from the caller so far, or None when ARI cannot say."""
         path = f"/channels/{quote(channel_id, safe='')}/rtp_statistics"
         try:
             stats = await self.ari.request("GET", path)
         except AriError as exc:  # not found too: a channel without RTP (not PJSIP), or gone
             log.warning("call %s: Asterisk's RTP statistics of the caller are not available: %s", channel_id, exc)
             return None
-        count = stats.get("rxcount") if isinstance(stats, dict) else None
-        return count if isinstance(count, int) else None
+        return CallerRtp.from_statistics(stats)
 
     async def _stop_calls(self) -> None:
         """End every call, those still being set up too, and see every record saved or spooled.

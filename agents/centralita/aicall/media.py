@@ -273,3 +273,49 @@ class MediaWatch:
         quiet = self._calls.get(path)
         if quiet is not None:
             quiet.seconds = 0.0
+
+
+# Payload octets a packet may carry and still be taken for comfort noise rather than audio. RFC 3389's
+# packet is one byte of noise level plus optional spectral coefficients (ten at the most in common
+# implementations); a 20 ms frame of any codec Asterisk offers carries more (G.711 160, G.729 20).
+COMFORT_NOISE_MAX_OCTETS = 16
+
+
+@dataclass(frozen=True)
+class CallerRtp:
+    """What Asterisk has received from the caller so far: ARI's ``rtp_statistics`` of the caller's channel."""
+
+    packets: int  # rxcount: every RTP packet, comfort noise and DTMF events too
+    octets: int | None  # rxoctetcount: their payload octets (None: not reported)
+
+    @classmethod
+    def from_statistics(cls, stats: object) -> CallerRtp | None:
+        """From ARI's JSON; None when it holds no packet count."""
+        if not isinstance(stats, dict):
+            return None
+        packets, octets = stats.get("rxcount"), stats.get("rxoctetcount")
+        if not isinstance(packets, int):
+            return None
+        return cls(packets, octets if isinstance(octets, int) else None)
+
+    def __str__(self) -> str:
+        return f"{self.packets} packets, {'?' if self.octets is None else self.octets} octets"
+
+
+def caller_was_quiet(before: CallerRtp | None, after: CallerRtp | None) -> bool:
+    """Whether the caller sent Asterisk no audio between two readings: no RTP at all (on hold, silence
+    suppression), or only packets as small as comfort noise (a phone with VAD sends one every 20 ms to
+    a few seconds while its user listens; DTMF events are as small).
+
+    Asterisk's two-party bridge relays neither silence nor comfort noise to the agent (measured), so
+    such a silence is the caller's own. False when either reading is missing, or packets came and their
+    octets are not reported: the caller may have talked.
+    """
+    if before is None or after is None:
+        return False
+    packets = after.packets - before.packets
+    if packets <= 0:
+        return True
+    if before.octets is None or after.octets is None:
+        return False
+    return after.octets - before.octets <= COMFORT_NOISE_MAX_OCTETS * packets

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aicall_harness import run
 from centralita.aicall import g711
-from centralita.aicall.media import MediaPath, MediaWatch, Played
+from centralita.aicall.media import CallerRtp, MediaPath, MediaWatch, Played, caller_was_quiet
 from test_agent_failures import Lab, StubAri, _cleaned_up, _stasis_start
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
@@ -83,16 +83,59 @@ def test_a_call_is_counted_from_the_first_check_that_sees_it_and_a_restart_count
     assert watch.check([late], now + 3 * watch.interval) == ([late], [])  # early forgotten, late halfway
 
 
+# what Asterisk received from the caller ------------------------------------------------------
+
+# ARI's rtp_statistics of a PJSIP caller's channel as Asterisk 22 answers it (the lab; fields trimmed)
+STATISTICS = {
+    "txcount": 178, "rxcount": 78, "txploss": 0, "rxploss": 0, "local_ssrc": 1131615797,
+    "remote_ssrc": 4281213244, "txoctetcount": 28480, "rxoctetcount": 10095, "channel_uniqueid": "1795486690.0",
+    "txjitter": 0.00075, "rxjitter": 0.0, "rtt": 0.0, "txmes": 0, "rxmes": 0,
+}  # fmt: skip
+
+
+def test_the_callers_packets_and_payload_octets_are_read_from_aris_rtp_statistics() -> None:
+    assert CallerRtp.from_statistics(STATISTICS) == CallerRtp(78, 10095)
+    assert CallerRtp.from_statistics({"rxcount": 5}) == CallerRtp(5, None)
+    assert CallerRtp.from_statistics({"txcount": 5}) is None
+    assert CallerRtp.from_statistics(["not", "a", "dict"]) is None
+
+
+def test_no_rtp_comfort_noise_and_dtmf_events_are_quiet_and_audio_is_not() -> None:
+    before = CallerRtp(1000, 160_000)
+    assert caller_was_quiet(before, CallerRtp(1000, 160_000)), "on hold: nothing"
+    # measured in the lab: each comfort-noise packet (RFC 3389, PT 13) adds one octet
+    assert caller_was_quiet(before, CallerRtp(1010, 160_010)), "comfort noise every 200 ms"
+    assert caller_was_quiet(before, CallerRtp(1500, 160_500)), "comfort noise every 20 ms"
+    assert caller_was_quiet(before, CallerRtp(1020, 160_080)), "DTMF events (RFC 4733: four octets)"
+    assert not caller_was_quiet(before, CallerRtp(1100, 176_000)), "G.711: 160 octets a frame"
+    assert not caller_was_quiet(before, CallerRtp(1100, 162_000)), "G.729: 20 octets a frame"
+    # a short word among the comfort noise of a long silence is audio too
+    assert not caller_was_quiet(before, CallerRtp(1000 + 15 + 75, 160_000 + 15 * 160 + 75))
+
+
+def test_a_silence_is_only_the_callers_own_when_asterisk_said_so_both_times() -> None:
+    assert not caller_was_quiet(None, CallerRtp(1000, 0))
+    assert not caller_was_quiet(CallerRtp(1000, 0), None)
+    # packets came but their size is not reported: the caller may have talked
+    assert not caller_was_quiet(CallerRtp(1000, None), CallerRtp(1010, None))
+    assert caller_was_quiet(CallerRtp(1000, None), CallerRtp(1000, None)), "no packets at all is enough"
+
+
 # the agent --------------------------------------------------------------------------------
 
 
 class WatchedAri(StubAri):
-    """StubAri that also answers the caller's RTP statistics: the caller sends RTP or does not."""
+    """StubAri that also answers the caller's RTP statistics: the caller sends audio, only comfort noise
+    (``comfort_noise``: five one-octet packets a second, as a phone with silence suppression), or nothing."""
 
-    def __init__(self, rtp_sink: tuple[str, int], *, caller_sends: bool, media_port: int = 0) -> None:
+    def __init__(
+        self, rtp_sink: tuple[str, int], *, caller_sends: bool, media_port: int = 0, comfort_noise: bool = False
+    ) -> None:
         super().__init__(rtp_sink)
         self.caller_sends = caller_sends
+        self.comfort_noise = comfort_noise
         self.received = 1000
+        self.octets = 1000 * 160
         self.asked = 0
         self.broken_first_answer = False
         self.base = f"http://127.0.0.1:{media_port}/ari"  # where chan_websocket's /media/ is
@@ -105,7 +148,11 @@ class WatchedAri(StubAri):
             raise RuntimeError("a reply no code path expects")
         if self.caller_sends:
             self.received += 50
-        return {"rxcount": self.received, "txcount": 0}
+            self.octets += 50 * 160
+        elif self.comfort_noise:
+            self.received += 5
+            self.octets += 5
+        return {"rxcount": self.received, "rxoctetcount": self.octets, "txcount": 0}
 
     async def external_media(self, media_id: str, host: str, codec: str, **options: Any) -> dict[str, Any]:
         if options.get("transport") == "websocket":
@@ -165,7 +212,9 @@ async def _wait_for(condition: Any, what: str, timeout: float = 10) -> None:
         await asyncio.sleep(0.02)
 
 
-async def _media_lab(monkeypatch: pytest.MonkeyPatch, media: str, *, caller_sends: bool) -> tuple[Lab, Asterisk, Any]:
+async def _media_lab(
+    monkeypatch: pytest.MonkeyPatch, media: str, *, caller_sends: bool, comfort_noise: bool = False
+) -> tuple[Lab, Asterisk, Any]:
     env = {"AICALL_MEDIA_TIMEOUT_SECONDS": TIMEOUT, "AICALL_MEDIA": media}
     lab = Lab(monkeypatch, **env)
     asterisk = Asterisk(lab)
@@ -174,7 +223,8 @@ async def _media_lab(monkeypatch: pytest.MonkeyPatch, media: str, *, caller_send
     if media == "websocket":
         server = await serve(asterisk.websocket_handler, "127.0.0.1", 0, subprotocols=["media"])
         port = server.sockets[0].getsockname()[1]
-    lab.ari = WatchedAri(lab.sink.getsockname(), caller_sends=caller_sends, media_port=port)
+    sink = lab.sink.getsockname()
+    lab.ari = WatchedAri(sink, caller_sends=caller_sends, media_port=port, comfort_noise=comfort_noise)
     lab.agent.ari = lab.ari  # type: ignore[assignment]
     await lab.start()
     await lab.agent.on_event(_stasis_start())
@@ -234,13 +284,16 @@ def test_a_failing_check_is_logged_and_the_watch_goes_on(monkeypatch, caplog) ->
     assert any("media watch: the check failed" in r.getMessage() for r in caplog.records)
 
 
-def test_a_caller_who_sends_no_rtp_keeps_the_call_though_no_media_comes_from_asterisk(monkeypatch) -> None:
+@pytest.mark.parametrize("comfort_noise", [False, True], ids=["no_rtp", "comfort_noise_only"])
+def test_a_caller_who_sends_no_audio_keeps_the_call_though_no_media_comes_from_asterisk(
+    monkeypatch, comfort_noise
+) -> None:
     async def scenario() -> Lab:
-        lab, asterisk, _ = await _media_lab(monkeypatch, "rtp", caller_sends=False)
+        lab, asterisk, _ = await _media_lab(monkeypatch, "rtp", caller_sends=False, comfort_noise=comfort_noise)
         try:
             session = lab.agent.sessions["1795.1"]
             await _wait_for(lambda: session.media.frames_in >= 10, "the caller's first frames")
-            asterisk.stop_media()  # on hold: Asterisk's two-party bridge relays nothing
+            asterisk.stop_media()  # on hold or comfort noise only: Asterisk's two-party bridge relays nothing
             await _wait_for(lambda: lab.ari.asked >= 4, "two full timeouts of silence looked into")
             assert not session.ended and "1795.1" in lab.agent.sessions
             asterisk.media_flowing.set()  # back from hold
