@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -98,6 +99,47 @@ def test_fail2ban_bans_a_source_that_keeps_sending_from_an_unknown_address(world
     finally:
         # (the ban is lifted when the peer is removed)
         world.q("DELETE FROM sbc_cdrs WHERE source_ip = %s AND customer_id IS NULL", (stranger,))
+
+
+def _received_headers(world, sipp_result) -> list[str]:
+    """The header part of every message a SIPp peer received (its -trace_msg log), without the SDP."""
+    blocks = world.messages(sipp_result).split("-----------------------------------------------")
+    heads = [[*b.split("\n", 2), "", ""][1] for b in blocks]
+    received = [b.split("bytes :", 1)[1] for b, head in zip(blocks, heads, strict=True) if "message received" in head]
+    return [block.strip().split("\n\n", 1)[0] for block in received]
+
+
+def test_neither_side_sees_the_other_sides_signalling_addresses(world):
+    """Topology hiding: the customer finds no carrier address in what the SBC sends it, and the carrier no
+    customer address in the Via, Record-Route and Contact headers; calls hung up by either side still end
+    both legs (their in-dialog requests are routed by what the SBC encoded)."""
+    cust_ip = world.add_peer("cust")
+    car_ip = world.add_peer("carrier1")
+    customer = world.customer(cust_ip)
+    world.carrier(car_ip)
+    world.reload()
+
+    uas = world.sipp.start("carrier1", "sbc_carrier_answer.xml", calls=1, timeout=30)
+    by_carrier = call(world, "cust", scenario="sbc_customer_wait_bye.xml")
+    assert by_carrier.ok, by_carrier.stdout[-2000:]
+    carrier_side = uas.wait(10)
+    assert carrier_side.ok
+    uas = world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=1, timeout=30)
+    by_customer = call(world, "cust", hold_ms=500)
+    assert by_customer.ok, by_customer.stdout[-2000:]
+    assert uas.wait(10).ok
+
+    cdrs = world.cdrs(customer, expect=2)
+    assert [(c["disposition"], c["hangup_side"]) for c in cdrs] == [("answered", "callee"), ("answered", "caller")]
+    to_customer = _received_headers(world, by_carrier) + _received_headers(world, by_customer)
+    assert {h.split(None, 2)[1] for h in to_customer} >= {"180", "200"}, to_customer
+    assert any(h.startswith("BYE ") for h in to_customer), "the carrier's BYE reached the customer"
+    assert not [h for h in to_customer if car_ip in h], "a carrier address reached the customer"
+    to_carrier = _received_headers(world, carrier_side)
+    assert any(h.startswith("INVITE ") for h in to_carrier) and any(h.startswith("ACK ") for h in to_carrier)
+    routing_headers = ("Via", "Record-Route", "Contact")
+    routing = [line for h in to_carrier for line in h.splitlines() if line.split(":", 1)[0] in routing_headers]
+    assert routing and not [line for line in routing if cust_ip in line], routing
 
 
 def test_cdr_timings_follow_the_carrier_script(world):
@@ -472,6 +514,71 @@ def test_channel_count_and_running_calls_survive_a_kamailio_restart(world, vm_ex
     answered = [c for c in cdrs if c["disposition"] == "answered"]
     assert len(answered) == 2, cdrs
     assert all(11500 <= int(c["billable_ms"]) <= 13500 for c in answered), answered
+
+
+def test_a_restart_waits_for_a_ringing_call_and_the_restarted_kamailio_has_it(world, vm_exec):
+    """Kamailio's stop drains: a call ringing when the restart begins is waited for, answered, written to
+    the database, and restored by the restarted Kamailio (the carrier's BYE then writes its CDR); a call
+    placed during the stop gets 503 draining, with its CDR."""
+    world.add_peer("cust")
+    car_ip = world.add_peer("carrier1")
+    customer = world.customer(world.lab.peer_address("cust"))
+    world.carrier(car_ip)
+    world.reload()
+    uas = world.sipp.start("carrier1", "sbc_carrier_answer.xml", calls=1, timeout=60)
+    ringing = world.sipp.start(
+        "cust", "sbc_customer_wait_bye.xml", world.sbc, calls=1, timeout=60, extra=["-s", NUMBER]
+    )
+    time.sleep(1.0)  # the carrier rings (180 at 300 ms) and answers at 2.3 s
+    since = vm_exec("date +%s").strip()
+    restart = threading.Thread(target=vm_exec, args=("systemctl restart kamailio",))
+    restart.start()
+    time.sleep(0.5)
+    refused = world.sipp("cust", "sbc_customer.xml", world.sbc, calls=1, timeout=20, port=5070, extra=["-s", NUMBER])
+    restart.join(90)
+    assert not restart.is_alive(), "the restart ended"
+
+    assert "X-Centralita-Reason: draining" in world.messages(refused)
+    assert "Retry-After: 10" in world.messages(refused)
+    assert ringing.wait(40).ok, "the call answered during the stop was hung up by the carrier after the restart"
+    assert uas.wait(10).ok
+    cdrs = world.cdrs(customer, expect=2, timeout=20)
+    by_reason = {c["reject_reason"]: c for c in cdrs}
+    assert set(by_reason) == {None, "draining"}, cdrs
+    (kept, drained) = by_reason[None], by_reason["draining"]
+    assert (kept["disposition"], kept["hangup_side"]) == ("answered", "callee"), kept
+    assert 4950 <= int(kept["billable_ms"]) <= 5400, kept
+    assert drained["sip_code"] == "503"
+    journal = vm_exec(f"journalctl -u kamailio --since @{since} --no-pager", check=False)
+    assert "stopping: new calls refused (503 draining); 1 ringing" in journal
+    assert "stopping: drained in" in journal
+    assert "Failed with result" not in journal, "the stop is a clean one"
+
+
+def test_a_call_still_ringing_when_the_drain_ends_is_cancelled_and_keeps_its_cdr(world, vm_exec):
+    world.add_peer("cust")
+    car_ip = world.add_peer("carrier1")
+    customer = world.customer(world.lab.peer_address("cust"))
+    world.carrier(car_ip)
+    world.reload()
+    uas = world.sipp.start("carrier1", "sbc_carrier_ring.xml", calls=1, timeout=60)
+    caller = world.sipp.start("cust", "sbc_customer.xml", world.sbc, calls=1, timeout=60, extra=["-s", NUMBER])
+    time.sleep(1.0)
+    try:
+        # the unit's stop with a shorter wait for ringing calls
+        drained = vm_exec(
+            "runuser -u kamailio -- python3 /usr/local/lib/centralita/sbc-drain.py"
+            " --rpc http://127.0.0.1:5071/RPC --seconds 1 --period 1"
+        )
+    finally:
+        vm_exec("systemctl restart kamailio")  # as the stop goes on; the next Kamailio starts afresh
+
+    assert "1 calls still ringing after 1 s: cancelled" in drained
+    assert uas.wait(10).ok, "the carrier got the CANCEL"
+    result = caller.wait(10)
+    assert "SIP/2.0 487" in world.messages(result)
+    (cdr,) = world.cdrs(customer)
+    assert (cdr["sip_code"], cdr["hangup_side"]) == ("487", "sbc"), cdr
 
 
 DB_AWAY_TABLE = "sbc_db_away"
