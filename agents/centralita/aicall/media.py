@@ -308,13 +308,16 @@ def caller_was_quiet(before: CallerRtp | None, after: CallerRtp | None) -> bool:
     a few seconds while its user listens; DTMF events are as small).
 
     Asterisk's two-party bridge relays neither silence nor comfort noise to the agent (measured), so
-    such a silence is the caller's own. False when either reading is missing, or packets came and their
-    octets are not reported: the caller may have talked.
+    such a silence is the caller's own. False when either reading is missing, when the counters went
+    back (a new RTP session), or packets came and their octets are not reported: the caller may have
+    talked.
     """
     if before is None or after is None:
         return False
     packets = after.packets - before.packets
-    if packets <= 0:
+    if packets < 0:  # the counters started again (a new RTP session): nothing can be told
+        return False
+    if packets == 0:
         return True
     if before.octets is None or after.octets is None:
         return False

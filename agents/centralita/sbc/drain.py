@@ -17,10 +17,12 @@ So, one step after the other (over Kamailio's JSON-RPC on loopback):
 2. the calls ringing are waited for until each is answered or has failed (and written its CDR), at
    most ``--seconds``; those still ringing then get a CANCEL towards their carrier (``sys=>drain``
    3: the customer gets 487, and the CDR names the SBC as the side that ended the call);
-3. until every answered call's answer is more than one dialog period old (written since);
-4. ``sys=>drain`` is set to 2: new calls are not answered at all (nothing more is queued; the
-   customer's retransmission reaches the restarted Kamailio), and the database writer's queue
-   empties.
+3. until the last answer (``sys=>ans``, set by the script) is more than one dialog period old
+   (the dialog timer has written every answered call since);
+4. ``sys=>drain`` is set to 2: new calls and in-dialog requests over UDP are not answered at all
+   (nothing more is queued; the UA's retransmission reaches the restarted Kamailio), and the
+   database writer's queue empties, then the writer completes two more runs (``sys=>wrun``), so
+   the batch it had in hand is written too.
 
 Every step has its deadline, and a Kamailio that does not answer is simply stopped: this never
 holds a stop for long. Only the standard library, so SBC hosts need no agents' venv.
@@ -71,7 +73,7 @@ def rpc_caller(url: str, timeout: float) -> Callable[..., Any]:
 
 
 def dialogs(call: Callable[..., Any]) -> list[dict[str, Any]]:
-    """Kamailio's calls (``dlg.list``): an empty list when there are none."""
+    """Kamailio's calls (``dlg.list``, each with its state): an empty list when there are none."""
     try:
         found = call("dlg.list")
     except RpcError as exc:
@@ -81,13 +83,25 @@ def dialogs(call: Callable[..., Any]) -> list[dict[str, Any]]:
     return found if isinstance(found, list) else []
 
 
-def ringing(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [d for d in found if d.get("state") in RINGING_STATES]
+def ringing(call: Callable[..., Any]) -> int:
+    """Calls not answered yet (``dlg.stats_active``: counters, cheap however many calls are up)."""
+    stats = call("dlg.stats_active")
+    return int(stats.get("starting", 0)) + int(stats.get("connecting", 0)) if isinstance(stats, dict) else 0
 
 
-def last_answer(found: list[dict[str, Any]]) -> int:
-    """When the most recent answered call was answered (epoch seconds; 0 with none)."""
-    return max((int(d.get("start_ts") or 0) for d in found if d.get("state") not in RINGING_STATES), default=0)
+def htable_int(call: Callable[..., Any], table: str, key: str) -> int:
+    """An integer of an htable; 0 when the key is not there."""
+    try:
+        found = call("htable.get", table, key)
+    except RpcError as exc:
+        if "doesn't exist" in str(exc) or "not found" in str(exc).lower():
+            return 0
+        raise
+    item = found.get("item", found) if isinstance(found, dict) else {}
+    try:
+        return int(item.get("value", 0))
+    except (TypeError, ValueError):
+        return 0
 
 
 def queued(call: Callable[..., Any], queue: str) -> int:
@@ -123,29 +137,32 @@ def drain(
     """The four steps of the module's description; raises RpcError when Kamailio does not answer."""
     start = clock()
     call("htable.seti", "sys", "drain", 1)
-    found = dialogs(call)
-    log(f"stopping: new calls refused (503 draining); {len(ringing(found))} ringing, {len(found)} calls in all")
-    while ringing(found) and clock() - start < seconds:
+    waiting = ringing(call)
+    log(f"stopping: new calls refused (503 draining); {waiting} ringing")
+    while waiting and clock() - start < seconds:
         sleep(POLL_S)
-        found = dialogs(call)
-    if ringing(found):
-        log(f"stopping: {len(ringing(found))} calls still ringing after {seconds:g} s: cancelled")
+        waiting = ringing(call)
+    if waiting:
+        still = [d for d in dialogs(call) if d.get("state") in RINGING_STATES]
+        log(f"stopping: {len(still)} calls still ringing after {seconds:g} s: cancelled")
         call("htable.seti", "sys", "drain", 3)  # their CDRs name the SBC as the side that ended them
-        for dialog in ringing(found):
+        for dialog in still:
             cancel(call, dialog, log)
         deadline = clock() + 5
-        while ringing(found) and clock() < deadline:
+        while ringing(call) and clock() < deadline:
             sleep(POLL_S)
-            found = dialogs(call)
-    # start_ts has whole seconds: a call answered at its last instant waits one second more
-    while (wait := last_answer(found) + 1 + period - clock()) > 0:
+    # the last answer is in whole seconds: one answered at its last instant waits a second more
+    while (wait := htable_int(call, "sys", "ans") + 1 + period - clock()) > 0:
         sleep(min(wait, 1.0))
-        found = dialogs(call)
     call("htable.seti", "sys", "drain", 2)
     deadline = clock() + 5
     while queued(call, queue) and clock() < deadline:
         sleep(POLL_S / 2)
-    sleep(POLL_S)  # the writer's batch in hand
+    # the batch the writer had in hand: two more of its runs
+    runs = htable_int(call, "sys", "wrun")
+    deadline = clock() + 5
+    while (htable_int(call, "sys", "wrun") - runs) % 1000000 < 2 and clock() < deadline:
+        sleep(POLL_S / 2)
     log(f"stopping: drained in {clock() - start:.1f} s")
 
 

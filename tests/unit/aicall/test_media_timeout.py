@@ -118,6 +118,8 @@ def test_a_silence_is_only_the_callers_own_when_asterisk_said_so_both_times() ->
     assert not caller_was_quiet(CallerRtp(1000, 0), None)
     # packets came but their size is not reported: the caller may have talked
     assert not caller_was_quiet(CallerRtp(1000, None), CallerRtp(1010, None))
+    # the counters started again (a new RTP session): nothing can be told
+    assert not caller_was_quiet(CallerRtp(1000, 160_000), CallerRtp(10, 1_600))
     assert caller_was_quiet(CallerRtp(1000, None), CallerRtp(1000, None)), "no packets at all is enough"
 
 

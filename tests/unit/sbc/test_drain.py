@@ -23,11 +23,24 @@ class Kamailio:
     def sleep(self, seconds: float) -> None:
         self.now += seconds
 
+    def dialogs(self) -> list[dict[str, Any]]:
+        current = [dialogs for at, dialogs in self.timeline if at <= self.now]
+        return current[-1] if current else []
+
     def __call__(self, method: str, *params: Any) -> Any:
         self.calls.append((method, params, self.now))
         if method == "dlg.list":
-            current = [dialogs for at, dialogs in self.timeline if at <= self.now]
-            return current[-1] if current else []
+            return self.dialogs()
+        if method == "dlg.stats_active":
+            states = [d["state"] for d in self.dialogs()]
+            return {"starting": states.count(1), "connecting": states.count(2), "ongoing": states.count(4)}
+        if method == "htable.get" and params == ("sys", "ans"):
+            answers = [d["start_ts"] for d in self.dialogs() if d["state"] == 4]
+            if not answers:
+                raise RpcError("htable.get: Key name doesn't exist in htable.")
+            return {"item": {"name": "ans", "value": max(answers), "flags": 0}}
+        if method == "htable.get" and params == ("sys", "wrun"):
+            return {"item": {"name": "wrun", "value": int(self.now * 10) % 1000000}}  # a run each 100 ms
         if method == "mqueue.get_size":
             return {"name": params[0], "size": self.queue.pop(0) if len(self.queue) > 1 else self.queue[0]}
         return "ok"
@@ -71,7 +84,7 @@ def test_ringing_calls_are_waited_for_and_then_their_answer_too():
     (_, last_set) = kamailio.sets()[-1]
     assert last_set >= 1006
     assert not [c for c in kamailio.calls if c[0] == "tm.cancel"]
-    assert "1 ringing" in lines[0]
+    assert "; 1 ringing" in lines[0]
 
 
 def test_calls_still_ringing_at_the_deadline_are_cancelled():
@@ -85,11 +98,12 @@ def test_calls_still_ringing_at_the_deadline_are_cancelled():
     assert kamailio.sets()[-1][0] == ("sys", "drain", 2), "the stop goes on"
 
 
-def test_the_writer_queue_is_emptied_before_the_stop():
+def test_the_writer_queue_is_emptied_and_two_more_writer_runs_done_before_the_stop():
     kamailio = Kamailio([(0, [])], queue=[40, 3, 0])
     run(kamailio)
     sizes = [at for method, _, at in kamailio.calls if method == "mqueue.get_size"]
     assert len(sizes) == 3 and sizes[0] >= kamailio.sets()[-1][1]
+    assert kamailio.now - sizes[-1] >= 0.2, "two writer runs (100 ms each) after the queue was empty"
 
 
 def test_a_kamailio_that_does_not_answer_is_reported_to_the_caller():
