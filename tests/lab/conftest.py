@@ -564,6 +564,16 @@ class SbcWorld:
         """What ``centralita kamailio sync`` does after the panel writes: reload the tables Kamailio caches."""
         self.lab.exec("kamcmd dispatcher.reload && kamcmd permissions.addressReload", timeout=30)
 
+    def one_route(self, **customer: Any) -> int:
+        """The usual set-up: a customer on the peer ``cust`` (``customer``: its settings) and one carrier
+        on ``carrier1``, loaded into Kamailio; the customer's id."""
+        self.add_peer("cust")
+        carrier_ip = self.add_peer("carrier1")
+        customer_id = self.customer(self.lab.peer_address("cust"), **customer)
+        self.carrier(carrier_ip)
+        self.reload()
+        return customer_id
+
     # -- reading results ---------------------------------------------------
 
     def cdrs(self, customer: int, *, expect: int = 1, timeout: float = 10) -> list[dict]:

@@ -144,11 +144,7 @@ def test_neither_side_sees_the_other_sides_signalling_addresses(world):
 
 def test_cdr_timings_follow_the_carrier_script(world):
     """Carrier: 180 after 300 ms, 200 after 2 s more, BYE 5 s after answering."""
-    world.add_peer("cust")
-    car_ip = world.add_peer("carrier1")
-    customer = world.customer(world.lab.peer_address("cust"))
-    world.carrier(car_ip)
-    world.reload()
+    customer = world.one_route()
     uas = world.sipp.start("carrier1", "sbc_carrier_answer.xml", calls=1, timeout=30)
 
     result = call(world, "cust", scenario="sbc_customer_wait_bye.xml")
@@ -183,11 +179,7 @@ def test_cdr_timings_follow_the_carrier_script(world):
 
 
 def test_cps_over_the_limit_is_refused_with_503_and_alerted(world):
-    world.add_peer("cust")
-    car_ip = world.add_peer("carrier1")
-    customer = world.customer(world.lab.peer_address("cust"), max_cps=2)
-    world.carrier(car_ip)
-    world.reload()
+    customer = world.one_route(max_cps=2)
     world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=8, timeout=30)
 
     result = call(world, "cust", calls=8, rate=40, hold_ms=200)
@@ -216,11 +208,7 @@ def test_cps_over_the_limit_is_refused_with_503_and_alerted(world):
 
 
 def test_channel_limit_counts_calls_still_ringing(world):
-    world.add_peer("cust")
-    car_ip = world.add_peer("carrier1")
-    customer = world.customer(world.lab.peer_address("cust"), max_channels=2)
-    world.carrier(car_ip)
-    world.reload()
+    customer = world.one_route(max_channels=2)
     # this carrier rings for 2.3 s before answering: the third call arrives while two ring
     world.sipp.start("carrier1", "sbc_carrier_answer.xml", calls=2, timeout=30)
 
@@ -233,11 +221,7 @@ def test_channel_limit_counts_calls_still_ringing(world):
 
 
 def test_exhausted_monthly_minutes_refuse_new_calls(world):
-    world.add_peer("cust")
-    car_ip = world.add_peer("carrier1")
-    customer = world.customer(world.lab.peer_address("cust"), minutes_limit=10, minutes_used=10)
-    world.carrier(car_ip)
-    world.reload()
+    customer = world.one_route(minutes_limit=10, minutes_used=10)
 
     result = call(world, "cust")
 
@@ -248,11 +232,7 @@ def test_exhausted_monthly_minutes_refuse_new_calls(world):
 
 
 def test_minutes_warning_is_raised_once_past_80_percent(world):
-    world.add_peer("cust")
-    car_ip = world.add_peer("carrier1")
-    customer = world.customer(world.lab.peer_address("cust"), minutes_limit=1, minutes_used=0.79)
-    world.carrier(car_ip)
-    world.reload()
+    customer = world.one_route(minutes_limit=1, minutes_used=0.79)
     world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=1, timeout=30)
 
     assert call(world, "cust", hold_ms=1500).ok
@@ -265,11 +245,7 @@ def test_minutes_warning_is_raised_once_past_80_percent(world):
 
 
 def test_running_call_is_cut_when_the_minutes_run_out(world):
-    world.add_peer("cust")
-    car_ip = world.add_peer("carrier1")
-    customer = world.customer(world.lab.peer_address("cust"), minutes_limit=1, minutes_used=1 - 3 / 60)
-    world.carrier(car_ip)
-    world.reload()
+    customer = world.one_route(minutes_limit=1, minutes_used=1 - 3 / 60)
     uas = world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=1, timeout=30)
 
     result = call(world, "cust", scenario="sbc_customer_wait_bye.xml", timeout=20)
@@ -493,11 +469,7 @@ def test_flood_from_one_source_is_banned_for_an_hour(world):
 
 
 def test_channel_count_and_running_calls_survive_a_kamailio_restart(world, vm_exec):
-    world.add_peer("cust")
-    car_ip = world.add_peer("carrier1")
-    customer = world.customer(world.lab.peer_address("cust"), max_channels=2)
-    world.carrier(car_ip)
-    world.reload()
+    customer = world.one_route(max_channels=2)
     world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=2, timeout=60)
     held = world.sipp.start(
         "cust", "sbc_customer.xml", world.sbc, calls=2, rate=10, timeout=60, extra=["-s", NUMBER, "-d", "12000"]
@@ -520,11 +492,7 @@ def test_a_restart_waits_for_a_ringing_call_and_the_restarted_kamailio_has_it(wo
     """Kamailio's stop drains: a call ringing when the restart begins is waited for, answered, written to
     the database, and restored by the restarted Kamailio (the carrier's BYE then writes its CDR); a call
     placed during the stop gets 503 draining, with its CDR."""
-    world.add_peer("cust")
-    car_ip = world.add_peer("carrier1")
-    customer = world.customer(world.lab.peer_address("cust"))
-    world.carrier(car_ip)
-    world.reload()
+    customer = world.one_route()
     uas = world.sipp.start("carrier1", "sbc_carrier_answer.xml", calls=1, timeout=60)
     ringing = world.sipp.start(
         "cust", "sbc_customer_wait_bye.xml", world.sbc, calls=1, timeout=60, extra=["-s", NUMBER]
@@ -556,11 +524,7 @@ def test_a_restart_waits_for_a_ringing_call_and_the_restarted_kamailio_has_it(wo
 
 
 def test_a_call_still_ringing_when_the_drain_ends_is_cancelled_and_keeps_its_cdr(world, vm_exec):
-    world.add_peer("cust")
-    car_ip = world.add_peer("carrier1")
-    customer = world.customer(world.lab.peer_address("cust"))
-    world.carrier(car_ip)
-    world.reload()
+    customer = world.one_route()
     uas = world.sipp.start("carrier1", "sbc_carrier_ring.xml", calls=1, timeout=60)
     caller = world.sipp.start("cust", "sbc_customer.xml", world.sbc, calls=1, timeout=60, extra=["-s", NUMBER])
     time.sleep(1.0)
@@ -598,11 +562,7 @@ def test_cdrs_written_while_the_database_is_away_are_kept_and_arrive_later(world
     """A burst of 800 calls while MariaDB refuses Kamailio: the writer's batches (up to 100 CDRs, longer
     than one transformation buffer of Kamailio) go to the spool whole, and every CDR arrives once the
     database answers."""
-    world.add_peer("cust")
-    car_ip = world.add_peer("carrier1")
-    customer = world.customer(world.lab.peer_address("cust"), max_cps=1000, max_channels=1000)
-    world.carrier(car_ip)
-    world.reload()
+    customer = world.one_route(max_cps=1000, max_channels=1000)
     world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=801, timeout=90)
     assert call(world, "cust").ok
     assert len(world.cdrs(customer)) == 1
@@ -631,11 +591,7 @@ def test_cdrs_of_calls_made_while_the_database_is_away_outlive_a_kamailio_restar
     """What Kamailio could not write goes to disk (the spool's statements files), not only to its memory: a
     Kamailio stopped while the database is away loses none of it, and the spool loader writes and files it
     once the database answers."""
-    world.add_peer("cust")
-    car_ip = world.add_peer("carrier1")
-    customer = world.customer(world.lab.peer_address("cust"))
-    world.carrier(car_ip)
-    world.reload()
+    customer = world.one_route()
     world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=4, timeout=90)
     # a first call: Kamailio knows the customer and the route from memory while the database is away
     assert call(world, "cust").ok
@@ -692,11 +648,7 @@ def test_a_capped_customers_minutes_are_enforced_from_kamailios_own_count_while_
     running call is cut at what is left after the calls ended since, the next call is refused as
     minutes_exhausted, and a customer Kamailio keeps no count for is refused as database_error. Every
     CDR arrives and is billed once the database answers."""
-    world.add_peer("cust")
-    car_ip = world.add_peer("carrier1")
-    customer = world.customer(world.lab.peer_address("cust"), minutes_limit=1, minutes_used=1 - 8 / 60)
-    world.carrier(car_ip)
-    world.reload()
+    customer = world.one_route(minutes_limit=1, minutes_used=1 - 8 / 60)
     world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=2, timeout=90)
     assert call(world, "cust", hold_ms=3000).ok
     (first,) = world.cdrs(customer)

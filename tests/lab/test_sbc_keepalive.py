@@ -40,11 +40,7 @@ def released(vm_exec, timeout: float) -> tuple[int, int]:
 
 
 def test_a_call_whose_carrier_is_gone_is_ended_by_the_keepalives_and_billed_to_then(world, vm_exec):
-    world.add_peer("cust")
-    car_ip = world.add_peer("carrier1")
-    customer = world.customer(world.lab.peer_address("cust"))
-    world.carrier(car_ip)
-    world.reload()
+    customer = world.one_route()
     gone = world.sipp.start("carrier1", "sbc_carrier_vanish.xml", calls=1, timeout=30)
 
     # the customer answers the keepalives (-aa) and waits for the BYE that ends the call
@@ -73,11 +69,7 @@ def test_a_call_whose_carrier_is_gone_is_ended_by_the_keepalives_and_billed_to_t
 
 
 def test_a_call_whose_sides_answer_the_keepalives_runs_until_its_own_bye(world):
-    world.add_peer("cust")
-    car_ip = world.add_peer("carrier1")
-    customer = world.customer(world.lab.peer_address("cust"))
-    world.carrier(car_ip)
-    world.reload()
+    customer = world.one_route()
     hold_ms = (KEEPALIVE_S + TIMER_S + NO_ANSWER_S) * 1000  # past a keepalive and the time it could fail in
     uas = world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=1, timeout=90, extra=["-aa"])
 
