@@ -109,10 +109,11 @@ def _received_headers(world, sipp_result) -> list[str]:
     return [block.strip().split("\n\n", 1)[0] for block in received]
 
 
-def test_neither_side_sees_the_other_sides_signalling_addresses(world):
-    """Topology hiding: the customer finds no carrier address in what the SBC sends it, and the carrier no
-    customer address in the Via, Record-Route and Contact headers; calls hung up by either side still end
-    both legs (their in-dialog requests are routed by what the SBC encoded)."""
+def test_neither_side_sees_the_other_sides_signalling_addresses(world, converge_sbc):
+    """Topology hiding (turned on here): the customer finds no carrier address in what the SBC sends it, and
+    the carrier no customer address in the Via, Record-Route and Contact headers; calls hung up by either
+    side still end both legs (their in-dialog requests are routed by what the SBC encoded)."""
+    converge_sbc(kamailio_topology_hiding=True)
     cust_ip = world.add_peer("cust")
     car_ip = world.add_peer("carrier1")
     customer = world.customer(cust_ip)
