@@ -403,6 +403,10 @@ class Sipp:
         else:
             raise FileNotFoundError(f"no SIPp scenario {scenario} in {SCENARIOS}")
         args += ["-i", self.lab.peer_address(peer), "-p", str(port), "-m", str(calls), "-r", str(rate)]
+        # SIPp's Call-ID is "<call number>-<its PID>@<address>": process IDs come round again within
+        # minutes on a busy host, and a Kamailio that still knows an earlier run's call (a dialog restored
+        # at a restart) would take a new run's call for it. A token of the run's own keeps them apart.
+        args += ["-cid_str", f"%u-%p-{uuid.uuid4().hex[:12]}@%s"]
         args += ["-timeout", f"{timeout}s", "-timeout_error", "-nostdin", "-trace_stat", "-trace_msg"]
         args += ["-stf", str(workdir / f"stat_{peer}_.csv"), "-fd", "1"]
         args += ["-message_file", str(workdir / f"{peer}_messages.log")]

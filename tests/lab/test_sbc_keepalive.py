@@ -1,7 +1,7 @@
-"""Dead calls: the SBC's in-dialog OPTIONS keepalives end a call whose far end is gone (no BYE will
-ever come) and leave a call whose sides answer alone. Real Kamailio with the role's defaults: a
-keepalive every 30 s, a side that answers nothing within the 15 s INVITE timeout fails it, and the
-call ends 10 s after the first failure."""
+"""Calls the SBC's own timers end. Dead calls: the in-dialog OPTIONS keepalives end a call whose far end
+is gone (no BYE will ever come) and leave a call whose sides answer alone. Real Kamailio with the
+role's defaults: a keepalive every 30 s, a side that answers nothing within the 15 s INVITE timeout
+fails it, and the call ends 10 s after the first failure. And the longest call."""
 
 from __future__ import annotations
 
@@ -84,3 +84,28 @@ def test_a_call_whose_sides_answer_the_keepalives_runs_until_its_own_bye(world):
     (cdr,) = world.cdrs(customer)
     assert cdr["hangup_side"] == "caller"
     assert hold_ms - 500 <= int(cdr["billable_ms"]) <= hold_ms + 1500, cdr
+
+
+def test_a_call_that_reaches_the_longest_call_is_ended_by_the_sbc_and_billed_to_then(world, converge_sbc, vm_exec):
+    """kamailio_max_call_seconds (its least, 60 s): both sides, answering every keepalive, get the SBC's BYE
+    a minute after the answer, and the CDR bills that minute. The CDR is written by the dialog's timeout
+    route, before the BYEs: the dialog:end event that comes after them is skipped by Kamailio when the
+    customer's reply to the first BYE ends the dialog first, which a busy host makes likely."""
+    longest_s = 60
+    converge_sbc(kamailio_max_call_seconds=longest_s)
+    customer = world.one_route()
+    uas = world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=1, timeout=120, extra=["-aa"])
+
+    result = world.sipp(
+        "cust", "sbc_customer_wait_bye.xml", world.sbc, calls=1, timeout=120, extra=["-s", NUMBER, "-aa"]
+    )
+
+    assert result.ok, result.stdout[-2000:]
+    carrier = uas.wait(10)
+    assert carrier.ok, "the carrier got the SBC's BYE"
+    assert "BYE sip:" in world.messages(result), "the SBC hung up the customer's side"
+    (cdr,) = world.cdrs(customer, timeout=30)
+    assert (cdr["disposition"], cdr["hangup_side"]) == ("answered", "sbc"), cdr
+    # the dialog's timer counts whole seconds from the ACK, a few ms after the 200 OK
+    assert (longest_s - 0.5) * 1000 <= int(cdr["billable_ms"]) <= (longest_s + 2) * 1000, cdr
+    assert released(vm_exec, NO_ANSWER_S + 20) == (0, 0), "Kamailio let go of the dialog and its transactions"
