@@ -16,6 +16,10 @@ Measured per load point:
 - outbound pacing jitter at the callers: |inter-arrival - 20 ms| (p50/p99, worst gap);
 - the callers' real send rate (frames per call and second): a busy helper core sends fewer than
   50, which lightens the agent's load, so such a point never counts as carried;
+- how late the callers sent their groups of frames (p99): a late group leaves together with the
+  next ones, and the agent gets a burst of frames that independent callers would have spread over
+  the 20 ms. The callers' process runs one real-time priority above the stand-in's on the helper
+  core, so the stand-in's work never holds a group back;
 - CPU of the agent process per call (percent of one core).
 Load loops are bounded: every point runs for a fixed time and every process is
 stopped by PID.
@@ -60,6 +64,7 @@ from centralita.aicall.rtp import (
     RtpPacket,
     RtpPort,
     _sockaddr_in,
+    _step_below_the_pacer,
 )
 from centralita.aicall.session import CallPolicy, CallSession
 from centralita.aicall.tools.base import ToolBox
@@ -70,6 +75,14 @@ WARM_UP_S = 2.0
 # A point whose pacer thread (real-time, above everything else of the agent) woke this late at p99
 # was run while the host took the core away at times: it is flagged under the table.
 HOST_STALL_MS = 0.5
+# A point whose callers sent a group of frames this late at p99 gave the agent bursts instead of a steady
+# flow: it is flagged under the table (the inbound figures include the queue a burst makes).
+CALLERS_LATE_MS = 1.0
+REALTIME_PRIORITY = 10  # the agent's and the stand-in's, under --realtime (as the unit's)
+# The callers, one above the stand-in that shares their core: equal real-time priorities never preempt each
+# other on one CPU, so a busy stand-in held the callers' timer back until it blocked, 6 ms at p99 and up
+# to 45 ms, and the groups missed meanwhile then left back to back.
+CALLERS_PRIORITY = REALTIME_PRIORITY + 1
 CALLER_SLOTS = 20  # the callers' frames leave in this many groups per 20 ms, as independent calls' do
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's value; Python does not export the name
 _CMSG_HEADER = socket.CMSG_LEN(0)  # a cmsghdr's size: the time stamp follows it
@@ -112,6 +125,42 @@ class _Caller:
             self.arrivals.append(stamp)
 
 
+def _send_frames(
+    slots: list[list[tuple[socket.socket, tuple[str, int]]]], seconds: float, law: str
+) -> tuple[float, array[float]]:
+    """Every caller's frames on the 20 ms clock, one group after another (runs in a thread of its own).
+
+    The frames leave from a thread of their own, as each RTP sender has its clock, not from the loop
+    that reads what the agent sends back (10,000 datagrams a second at 200 calls), which would hold
+    a due group back behind the reads that came first. Returns the frames each caller sent per
+    second (under 50 when this process could not keep pace) and how late each group after the
+    warm-up left (s; negative: early).
+    """
+    silence = g711.silence(law)
+    step = g711.FRAME_MS / 1000 / len(slots)
+    sequence, timestamp = 0, 0
+    due = started = time.monotonic()
+    end = due + seconds
+    measured = started + WARM_UP_S
+    late = array("d")
+    while time.monotonic() < end:
+        # one packet per round for every caller: the agent times arrivals by the kernel, not by the packet
+        packet = RtpPacket(PAYLOAD_TYPES[law], sequence & 0xFFFF, timestamp & 0xFFFFFFFF, 0, silence).encode()
+        for slot in slots:
+            now = time.monotonic()
+            if due >= measured:
+                late.append(now - due)
+            for sock, target in slot:
+                with contextlib.suppress(OSError):  # a full send buffer: the agent sees a lost frame
+                    sock.sendto(packet, target)
+            due += step
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        sequence, timestamp = sequence + 1, timestamp + g711.FRAME_BYTES
+    return sequence / (time.monotonic() - started), late
+
+
 async def _generate(targets: list[tuple[str, int]], seconds: float, law: str) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     callers = []
@@ -122,24 +171,13 @@ async def _generate(targets: list[tuple[str, int]], seconds: float, law: str) ->
     # The agent learns where each call's audio comes from (as ARI tells it for Asterisk's side), then says go.
     print(json.dumps({"callers": [":".join(map(str, c.sock.getsockname()[:2])) for c, _ in callers]}), flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)
-    silence = g711.silence(law)
     # Real calls start at random moments, so their frames reach the agent spread over the 20 ms,
     # not all at once: each caller sends in one of CALLER_SLOTS slots, 1 ms apart.
-    slots = [callers[index::CALLER_SLOTS] for index in range(CALLER_SLOTS)]
-    step = g711.FRAME_MS / 1000 / CALLER_SLOTS
-    sequence, timestamp = 0, 0
-    due = started = loop.time()
-    end = due + seconds
-    while loop.time() < end:
-        # one packet per round for every caller: the agent times arrivals by the kernel, not by the packet
-        packet = RtpPacket(PAYLOAD_TYPES[law], sequence & 0xFFFF, timestamp & 0xFFFFFFFF, 0, silence).encode()
-        for slot in slots:
-            for caller, target in slot:
-                caller.sock.sendto(packet, target)
-            due += step
-            await asyncio.sleep(max(0.0, due - loop.time()))
-        sequence, timestamp = sequence + 1, timestamp + g711.FRAME_BYTES
-    send_rate = sequence / (loop.time() - started)  # under 50 when this process could not keep pace
+    slots = [[(c.sock, target) for c, target in callers[index::CALLER_SLOTS]] for index in range(CALLER_SLOTS)]
+    sys.setswitchinterval(SWITCH_INTERVAL_S)  # the sending thread gets the lock between two reads of this loop
+    sending = loop.run_in_executor(None, _send_frames, slots, seconds, law)  # its thread exists from here on
+    _step_below_the_pacer()  # this loop's reads, one real-time step below the sending thread
+    send_rate, late = await sending
     jitter: list[float] = []
     worst = 0.0
     received = 0
@@ -160,6 +198,8 @@ async def _generate(targets: list[tuple[str, int]], seconds: float, law: str) ->
         "jitter_p50_ms": _percentile(jitter, 0.50),
         "jitter_p99_ms": _percentile(jitter, 0.99),
         "max_gap_ms": worst,
+        "late_p99_ms": _percentile([value * 1000 for value in late], 0.99),
+        "late_max_ms": max(late, default=0.0) * 1000,
     }
 
 
@@ -477,6 +517,9 @@ class Point:
     # CPU ms of the same fixed work on the agent's core just before and after the point (see fixed_work_ms)
     fixed_work_before_ms: float = float("nan")
     fixed_work_after_ms: float = float("nan")
+    # how late the callers sent a group of frames (p99 and the latest, ms): a late group comes as a burst
+    callers_late_p99_ms: float = float("nan")
+    callers_late_max_ms: float = float("nan")
 
 
 FIXED_WORK_LOOP = 300_000
@@ -499,12 +542,12 @@ def fixed_work_ms(rounds: int = 3) -> float:
     return best * 1000
 
 
-def _pin(cores: set[int] | None, realtime: bool = False):
+def _pin(cores: set[int] | None, realtime: bool = False, priority: int = REALTIME_PRIORITY):
     def prepare() -> None:
         if cores:
             os.sched_setaffinity(0, cores)
         if realtime:
-            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(10))
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(priority))
 
     return prepare if cores or realtime else None
 
@@ -512,7 +555,7 @@ def _pin(cores: set[int] | None, realtime: bool = False):
 def _set_realtime(enabled: bool) -> None:
     """SCHED_RR for a bounded run, as ``CPUSchedulingPolicy=rr`` would give the agent's unit."""
     policy = os.SCHED_RR if enabled else os.SCHED_OTHER
-    os.sched_setscheduler(0, policy, os.sched_param(10 if enabled else 0))
+    os.sched_setscheduler(0, policy, os.sched_param(REALTIME_PRIORITY if enabled else 0))
 
 
 async def _read_json_line(process: asyncio.subprocess.Process, within: float) -> dict[str, Any]:
@@ -590,7 +633,7 @@ async def run_point(
             sys.executable, "-m", "centralita.aicall.bench", "generator", "--targets", targets,
             "--seconds", str(seconds + WARM_UP_S), "--law", law,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            preexec_fn=_pin(helper_cores, realtime),
+            preexec_fn=_pin(helper_cores, realtime, CALLERS_PRIORITY),
         )  # fmt: skip
         callers = (await _read_json_line(generator, 20))["callers"]
         for media, caller in zip(medias, callers, strict=True):
@@ -636,6 +679,8 @@ async def run_point(
             load_average=os.getloadavg()[0],
             steal_percent=100 * steal / jiffies if jiffies else 0.0,
             fixed_work_before_ms=before,
+            callers_late_p99_ms=result["late_p99_ms"],
+            callers_late_max_ms=result["late_max_ms"],
         )
         return point
     finally:
@@ -667,8 +712,8 @@ def table(points: list[Point]) -> str:
         "| calls (alive) | frames in /s | in p50 / p99 ms "
         "| out p50 / p99 ms | clock late p50 / p99 ms | pass ms | jitter p50 / p99 ms | worst gap ms "
         "| GC pauses (longest ms) | CPU per call % | agent CPU % | host load | steal % "
-        "| fixed work ms before / after |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| fixed work ms before / after | callers late p99 / max ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for p in points:
         lines.append(
@@ -677,7 +722,8 @@ def table(points: list[Point]) -> str:
             f"{p.pass_p50_ms:.2f} | {p.jitter_p50_ms:.2f} / {p.jitter_p99_ms:.2f} | {p.max_gap_ms:.1f} | "
             f"{p.gc_pauses} ({p.gc_longest_ms:.1f}) | "
             f"{p.cpu_per_call_percent:.2f} | {p.agent_cpu_percent:.0f} | {p.load_average:.1f} | "
-            f"{p.steal_percent:.1f} | {p.fixed_work_before_ms:.0f} / {p.fixed_work_after_ms:.0f} |"
+            f"{p.steal_percent:.1f} | {p.fixed_work_before_ms:.0f} / {p.fixed_work_after_ms:.0f} | "
+            f"{p.callers_late_p99_ms:.2f} / {p.callers_late_max_ms:.1f} |"
         )
     good = [p for p in points if p.jitter_p99_ms < 2.0 and p.alive == p.calls and p.frames_in >= 49.5]
     if good:
@@ -695,6 +741,13 @@ def table(points: list[Point]) -> str:
             f"At {', '.join(map(str, stalled))} calls the pacer's real-time thread woke {HOST_STALL_MS} ms late "
             "or more at p99: the host took the core from the agent at times, and every timing of those "
             "points is the host's as much as the agent's."
+        )
+    bursts = [p.calls for p in points if p.callers_late_p99_ms >= CALLERS_LATE_MS]
+    if bursts:
+        lines.append(
+            f"At {', '.join(map(str, bursts))} calls the callers sent a group of frames {CALLERS_LATE_MS:g} ms late "
+            "or more at p99: the agent got bursts instead of a steady flow, and the inbound figures of those "
+            "points include the queue the bursts made."
         )
     return "\n".join(lines)
 

@@ -138,8 +138,20 @@ def test_the_table_names_the_most_calls_within_1_ms_each_way_and_the_points_the_
 def test_each_point_says_how_fast_the_host_ran_a_fixed_piece_of_work_before_and_after_it() -> None:
     sample = point(200, 0.8, 0.35, 0.09)
     sample.fixed_work_before_ms, sample.fixed_work_after_ms = 14.2, 21.7
+    sample.callers_late_p99_ms, sample.callers_late_max_ms = -0.31, 0.4
 
     row = table([sample]).splitlines()[2]
 
-    assert row.endswith("| 14 / 22 |"), row
+    assert row.endswith("| 14 / 22 | -0.31 / 0.4 |"), row
+
+
+def test_the_table_flags_the_points_whose_callers_sent_their_frames_in_bursts() -> None:
+    steady, bursty = point(200, 0.7, 0.3, 0.09), point(250, 1.8, 0.3, 0.09)
+    steady.callers_late_p99_ms, steady.callers_late_max_ms = -0.2, 0.1
+    bursty.callers_late_p99_ms, bursty.callers_late_max_ms = 6.0, 45.0
+
+    text = table([steady, bursty])
+
+    assert "At 250 calls the callers sent a group of frames 1 ms late or more at p99" in text
+    assert "At 200" not in text
     assert 0 < fixed_work_ms(rounds=1) < 10_000
