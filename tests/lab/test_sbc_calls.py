@@ -553,9 +553,10 @@ DB_AWAY_TABLE = "sbc_db_away"
 
 def _forget_dialogs_ended_while_the_database_was_away(vm_exec) -> None:
     """Calls that ended while the database was away (and up to 5 s before: a dialog's row is deleted when
-    its BYE's transaction is) leave their rows in the `dialog` table (README, known limits): a restart
-    would bring them back until the keepalives find them gone, with OPTIONS and BYEs to the peers'
-    addresses that a later test's SIPp would get. With no call up, every row is such a one."""
+    its BYE's transaction is) leave their rows in the `dialog` table until Kamailio's housekeeping deletes
+    them, within a minute (the test after these). A restart before that would bring them back until the
+    keepalives found them gone, with OPTIONS and BYEs to the peers' addresses that a later test's SIPp
+    would get. With no call up, every row is such a one."""
     vm_exec("mariadb centralita -e 'DELETE FROM dialog_vars; DELETE FROM dialog'")
 
 
@@ -650,6 +651,58 @@ def test_cdrs_of_calls_made_while_the_database_is_away_outlive_a_kamailio_restar
     assert int(left["n"]) == 0, "the replayed CDRs were filed"
     loader = vm_exec("journalctl -u centralita-sbc-traceload --since '-2 min' --no-pager", check=False)
     assert "statements written to the database after it was away" in loader
+
+
+def test_the_row_of_a_call_that_ended_while_the_database_was_away_is_deleted_and_no_restart_brings_it_back(
+    world, vm_exec
+):
+    """The dialog module deletes an ended call's row once, and while MariaDB refuses Kamailio that fails.
+    Kamailio's housekeeping (every minute) deletes the rows of the calls it no longer has, and only those:
+    a restart after it brings back the call still up and not the one that ended, and the customer's
+    second channel is free."""
+    customer = world.one_route(max_channels=2)
+    world.sipp.start("carrier1", "sbc_carrier_quick.xml", calls=3, timeout=240, extra=["-aa"])
+    # both sides answer the keepalives (in-dialog OPTIONS) of the call that stays up across the restart
+    staying = world.sipp.start(
+        "cust", "sbc_customer.xml", world.sbc, calls=1, timeout=200, extra=["-s", NUMBER, "-d", "150000", "-aa"]
+    )
+    ending = world.sipp.start(
+        "cust", "sbc_customer.xml", world.sbc, calls=1, timeout=60, port=5070, extra=["-s", NUMBER, "-d", "12000"]
+    )
+    answered = "SELECT COUNT(*) AS n FROM dialog WHERE state = 4"
+    deadline = time.monotonic() + 10
+    while int(world.q(answered)[0]["n"]) != 2:
+        assert time.monotonic() < deadline, "each answered call's row is written within a second or so"
+        time.sleep(0.3)
+    _refuse_kamailio_the_database(vm_exec)
+    try:
+        assert ending.wait(40).ok, "the call goes on and ends normally while the database is away"
+        time.sleep(7)  # the dialog is freed 5 s after its BYE: the module's delete of its row fails then
+        assert int(world.q(answered)[0]["n"]) == 2, "the ended call's row is still there"
+    finally:
+        vm_exec(f"nft delete table inet {DB_AWAY_TABLE}", check=False)
+    since = vm_exec("date +%s").strip()
+
+    deadline = time.monotonic() + 90
+    while int(world.q(answered)[0]["n"]) != 1:
+        assert time.monotonic() < deadline, "the housekeeping deleted the ended call's row"
+        time.sleep(1)
+    journal = vm_exec(f"journalctl -u kamailio --since @{since} --no-pager", check=False)
+    assert "deleted the rows of 1 ended calls from the dialog table" in journal, "and kept the live call's"
+
+    vm_exec("systemctl restart kamailio")
+    deadline = time.monotonic() + 30
+    while vm_exec("kamcmd core.uptime >/dev/null 2>&1 && echo up", check=False).strip() != "up":
+        assert time.monotonic() < deadline, "Kamailio answers again after its restart"
+        time.sleep(0.5)
+    assert vm_exec("kamcmd dlg.list", check=False).count("call-id") == 1, "the restarted Kamailio has the live call"
+    second = world.sipp("cust", "sbc_customer.xml", world.sbc, calls=1, timeout=20, port=5070, extra=["-s", NUMBER])
+    assert second.ok, "the customer's second channel is free"
+    assert staying.wait(200).ok, "the call up across the restart is still bridged and hung up normally"
+    cdrs = world.cdrs(customer, expect=3, timeout=30)
+    assert [c["disposition"] for c in cdrs] == ["answered"] * 3, cdrs
+    billable = sorted(int(c["billable_ms"]) for c in cdrs)
+    assert 11500 <= billable[1] <= 13500 and 149500 <= billable[2] <= 151500, billable
 
 
 def test_a_capped_customers_minutes_are_enforced_from_kamailios_own_count_while_the_database_is_away(world, vm_exec):
