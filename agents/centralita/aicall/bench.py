@@ -735,20 +735,21 @@ def table(points: list[Point]) -> str:
         if quick:
             best = max(quick, key=lambda p: p.calls)
             lines.append(f"Most calls measured with both directions at most 1 ms at p99: {best.calls}.")
-    stalled = [p.calls for p in points if p.clock_p99_ms >= HOST_STALL_MS]
-    if stalled:
-        lines.append(
-            f"At {', '.join(map(str, stalled))} calls the pacer's real-time thread woke {HOST_STALL_MS} ms late "
-            "or more at p99: the host took the core from the agent at times, and every timing of those "
-            "points is the host's as much as the agent's."
-        )
-    bursts = [p.calls for p in points if p.callers_late_p99_ms >= CALLERS_LATE_MS]
-    if bursts:
-        lines.append(
-            f"At {', '.join(map(str, bursts))} calls the callers sent a group of frames {CALLERS_LATE_MS:g} ms late "
-            "or more at p99: the agent got bursts instead of a steady flow, and the inbound figures of those "
-            "points include the queue the bursts made."
-        )
+    flagged = (
+        (
+            [p.calls for p in points if p.clock_p99_ms >= HOST_STALL_MS],
+            f"the pacer's real-time thread woke {HOST_STALL_MS} ms late or more at p99: the host took the core "
+            "from the agent at times, and every timing of those points is the host's as much as the agent's.",
+        ),
+        (
+            [p.calls for p in points if p.callers_late_p99_ms >= CALLERS_LATE_MS],
+            f"the callers sent a group of frames {CALLERS_LATE_MS:g} ms late or more at p99: the agent got bursts "
+            "instead of a steady flow, and the inbound figures of those points include the queue the bursts made.",
+        ),
+    )
+    for calls, what in flagged:
+        if calls:
+            lines.append(f"At {', '.join(map(str, calls))} calls {what}")
     return "\n".join(lines)
 
 
