@@ -38,6 +38,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -520,6 +521,7 @@ class Point:
     # how late the callers sent a group of frames (p99 and the latest, ms): a late group comes as a burst
     callers_late_p99_ms: float = float("nan")
     callers_late_max_ms: float = float("nan")
+    tls: bool = False  # the model sockets spoke TLS (wss://)
 
 
 FIXED_WORK_LOOP = 300_000
@@ -552,6 +554,25 @@ def _pin(cores: set[int] | None, realtime: bool = False, priority: int = REALTIM
     return prepare if cores or realtime else None
 
 
+def _write_json(directory: str, name: str, data: Any) -> str:
+    path = os.path.join(directory, name)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+    return path
+
+
+def _self_signed_certificate(directory: str) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 (P-256, one day) and its key, made with the openssl tool in ``directory``."""
+    certificate, key = os.path.join(directory, "stand-in.pem"), os.path.join(directory, "stand-in.key")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", key, "-out", certificate],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return certificate, key
+
+
 def _set_realtime(enabled: bool) -> None:
     """SCHED_RR for a bounded run, as ``CPUSchedulingPolicy=rr`` would give the agent's unit."""
     policy = os.SCHED_RR if enabled else os.SCHED_OTHER
@@ -574,6 +595,7 @@ async def run_point(
     realtime: bool = False,
     input_frames: int = 1,
     own_sockets: bool = False,
+    tls: bool = False,
 ) -> Point:
     helper_cores = {1} if pin and (os.cpu_count() or 1) > 1 else None
     if helper_cores:
@@ -583,11 +605,16 @@ async def run_point(
     before = fixed_work_ms()
     point: Point | None = None
     script = {"greeting": "x", "greeting_ms": int((seconds + WARM_UP_S + 20) * 1000), "send_rate": 1.0}
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
-        json.dump(script, handle)
+    workdir = tempfile.mkdtemp(prefix="centralita-aicall-bench-")
+    served = ["--port", "0", "--script", _write_json(workdir, "script.json", script), "--no-validate"]
+    served += ["--ping-interval", "10"]
+    trusted = os.environ.get("SSL_CERT_FILE")
+    if tls:  # the stand-in serves wss:// as the real service does; the model sockets trust its certificate only
+        certificate, key = _self_signed_certificate(workdir)
+        served += ["--certfile", certificate, "--keyfile", key]
+        os.environ["SSL_CERT_FILE"] = certificate
     fake = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "centralita.fakes.realtime", "--port", "0", "--script", handle.name,
-        "--no-validate", "--ping-interval", "10",
+        sys.executable, "-m", "centralita.fakes.realtime", *served,
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=_pin(helper_cores, realtime),
     )  # fmt: skip
     pacer = Pacer()
@@ -681,6 +708,7 @@ async def run_point(
             fixed_work_before_ms=before,
             callers_late_p99_ms=result["late_p99_ms"],
             callers_late_max_ms=result["late_max_ms"],
+            tls=tls,
         )
         return point
     finally:
@@ -698,7 +726,12 @@ async def run_point(
                 if process.returncode is None:
                     process.kill()
                     await process.wait()
-        os.unlink(handle.name)
+        shutil.rmtree(workdir, ignore_errors=True)
+        if tls:
+            if trusted is None:
+                os.environ.pop("SSL_CERT_FILE", None)
+            else:
+                os.environ["SSL_CERT_FILE"] = trusted
         if point is not None:  # the agent's core idle again: how fast the host runs now
             point.fixed_work_after_ms = fixed_work_ms()
         if helper_cores:
@@ -750,6 +783,8 @@ def table(points: list[Point]) -> str:
     for calls, what in flagged:
         if calls:
             lines.append(f"At {', '.join(map(str, calls))} calls {what}")
+    if any(p.tls for p in points):
+        lines.append("The model sockets spoke TLS (wss://), as to the real service.")
     return "\n".join(lines)
 
 
@@ -761,6 +796,7 @@ def bench(
     realtime: bool = False,
     input_frames: int = 1,
     own_sockets: bool = False,
+    tls: bool = False,
 ) -> list[Point]:
     """Run every load point in turn (bounded: each lasts ``seconds`` plus set-up)."""
     g711.warm_up()
@@ -768,7 +804,7 @@ def bench(
     sys.setswitchinterval(SWITCH_INTERVAL_S)  # as the agent does: the pacer's thread gets the lock quickly
     points = []
     for count in calls:
-        point = asyncio.run(run_point(count, seconds, law, pin, realtime, input_frames, own_sockets))
+        point = asyncio.run(run_point(count, seconds, law, pin, realtime, input_frames, own_sockets, tls))
         print(json.dumps(point.__dict__), file=sys.stderr, flush=True)
         points.append(point)
     return points
@@ -788,10 +824,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--own-sockets", action="store_true", help="a UDP socket per call instead of the agent's one shared port"
     )
+    parser.add_argument(
+        "--tls", action="store_true", help="the stand-in serves wss:// (a certificate made for the run), as the service"
+    )
     args = parser.parse_args(argv)
     counts = [min(int(c), 1000) for c in args.calls.split(",") if c.strip()]
     points = bench(
-        counts, min(args.seconds, 120), args.law, not args.no_pin, args.realtime, args.input_frames, args.own_sockets
+        counts,
+        min(args.seconds, 120),
+        args.law,
+        not args.no_pin,
+        args.realtime,
+        args.input_frames,
+        args.own_sockets,
+        args.tls,
     )
     print(table(points))
     return 0

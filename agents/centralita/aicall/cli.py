@@ -20,6 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--no-pin", action="store_true", help="do not pin the agent and its helpers to cores")
     bench.add_argument("--realtime", action="store_true", help="run under SCHED_RR, as the systemd unit can")
     bench.add_argument("--input-frames", type=int, default=1, choices=range(1, 6), help="as AICALL_INPUT_FRAMES")
+    bench.add_argument("--tls", action="store_true", help="the model sockets over TLS (wss://), as to the service")
     bench.set_defaults(func=_bench)
 
     fake = sub.add_parser("fake-realtime", help="serve the OpenAI Realtime stand-in")
@@ -51,6 +52,7 @@ def _bench(args: argparse.Namespace) -> int:
     argv = ["--calls", args.calls, "--seconds", str(args.seconds), "--law", args.law]
     argv += ["--input-frames", str(args.input_frames)]
     argv += ["--no-pin"] if args.no_pin else []
+    argv += ["--tls"] if args.tls else []
     return bench.main(argv + (["--realtime"] if args.realtime else []))
 
 

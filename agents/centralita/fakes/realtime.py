@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import re
+import ssl
 import threading
 import time
 from collections import Counter
@@ -266,6 +267,8 @@ class StandInServer:
         self._server: Server | None = None
         self._ids: Iterator[int] = itertools.count(1)
         self._dropped = False
+        # served over TLS (wss://) when set, as the real service is; plain ws:// otherwise
+        self.ssl_context: ssl.SSLContext | None = None
 
     def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)
@@ -317,7 +320,8 @@ class StandInServer:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}{self.path}"
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        return f"{scheme}://{self.host}:{self.port}{self.path}"
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -335,6 +339,7 @@ class StandInServer:
             process_request=self._check_request,  # type: ignore[attr-defined]
             ping_interval=None,  # our own ping loop records every round trip
             max_size=16 * 2**20,
+            ssl=self.ssl_context,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -986,7 +991,11 @@ def serve_main(argv: list[str] | None, *, prog: str, description: str, port: int
     parser.add_argument("--script", help="a JSON file with the Script fields (greeting, turns, ...)")
     parser.add_argument("--ping-interval", type=float, default=5.0)
     parser.add_argument("--no-validate", action="store_true", help="skip checking events (saves CPU)")
+    parser.add_argument("--certfile", help="serve wss:// with this certificate (PEM; with --keyfile)")
+    parser.add_argument("--keyfile", help="the certificate's private key (PEM)")
     args = parser.parse_args(argv)
+    if bool(args.certfile) != bool(args.keyfile):
+        parser.error("--certfile and --keyfile go together")
     script = Script()
     if args.script:
         with open(args.script, encoding="utf-8") as handle:
@@ -1001,6 +1010,9 @@ def serve_main(argv: list[str] | None, *, prog: str, description: str, port: int
             ping_interval=args.ping_interval,
             validate=not args.no_validate,
         )
+        if args.certfile:
+            fake.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            fake.ssl_context.load_cert_chain(args.certfile, args.keyfile)
         await fake.start()
         print(json.dumps({"url": fake.url}), flush=True)
         stop = asyncio.Event()
