@@ -560,6 +560,14 @@ def _forget_dialogs_ended_while_the_database_was_away(vm_exec) -> None:
     vm_exec("mariadb centralita -e 'DELETE FROM dialog_vars; DELETE FROM dialog'")
 
 
+def _wait_until_kamailio_answers(vm_exec, within: float = 30) -> None:
+    """After a (re)start: until Kamailio answers over its control socket."""
+    deadline = time.monotonic() + within
+    while vm_exec("kamcmd core.uptime >/dev/null 2>&1 && echo up", check=False).strip() != "up":
+        assert time.monotonic() < deadline, "Kamailio answers again after its restart"
+        time.sleep(0.5)
+
+
 def _refuse_kamailio_the_database(vm_exec) -> None:
     """From now on Kamailio's connections to MariaDB are refused (its own uid only: the test's queries and
     the other services go on), until the table DB_AWAY_TABLE is deleted."""
@@ -636,10 +644,7 @@ def test_cdrs_of_calls_made_while_the_database_is_away_outlive_a_kamailio_restar
         )
         _forget_dialogs_ended_while_the_database_was_away(vm_exec)
         vm_exec("systemctl start kamailio")
-        deadline = time.monotonic() + 30
-        while vm_exec("kamcmd core.uptime >/dev/null 2>&1 && echo up", check=False).strip() != "up":
-            assert time.monotonic() < deadline, "Kamailio answers again after its restart"
-            time.sleep(0.5)
+        _wait_until_kamailio_answers(vm_exec)
 
     cdrs = world.cdrs(customer, expect=5, timeout=30)
     answered = [c for c in cdrs if c["disposition"] == "answered"]
@@ -691,10 +696,7 @@ def test_the_row_of_a_call_that_ended_while_the_database_was_away_is_deleted_and
     assert "deleted the rows of 1 ended calls from the dialog table" in journal, "and kept the live call's"
 
     vm_exec("systemctl restart kamailio")
-    deadline = time.monotonic() + 30
-    while vm_exec("kamcmd core.uptime >/dev/null 2>&1 && echo up", check=False).strip() != "up":
-        assert time.monotonic() < deadline, "Kamailio answers again after its restart"
-        time.sleep(0.5)
+    _wait_until_kamailio_answers(vm_exec)
     assert vm_exec("kamcmd dlg.list", check=False).count("call-id") == 1, "the restarted Kamailio has the live call"
     second = world.sipp("cust", "sbc_customer.xml", world.sbc, calls=1, timeout=20, port=5070, extra=["-s", NUMBER])
     assert second.ok, "the customer's second channel is free"
